@@ -9,8 +9,10 @@ import sys
 
 # module -> provides `register(subparsers)`; each sub-command sets `func(args) -> int | None`.
 _MODULES = (
-    "cptlaws.cli_fit",  # fit, predict, cmr
-    "cptlaws.cli_train",  # corpus, tokenizer, tokenize, train
+    "cptlaws.cli_fit",  # fit, predict
+    "cptlaws.cli_cmr",  # cmr
+    "cptlaws.cli_data",  # corpus, tokenizer, tokenize
+    "cptlaws.cli_train",  # train
     "cptlaws.cli_study",  # study-level steps called by the workflow (collect, fit-study, check)
     "cptlaws.cli_plot",  # figures and tables
 )
