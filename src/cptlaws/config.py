@@ -1,0 +1,488 @@
+"""Study config: JSON-schema validation (defaults filled in), semantic checks, and expansion of the
+grids into one training config per run.
+
+Everything here runs at Snakemake parse time, so it imports nothing heavy (no torch) and every error
+names the config key it is about: ``config key 'cpt.grids[0].ratio[2]': 1.5 is greater than ...``.
+
+Run identity: a run id is built from the run's parameters with canonical number formatting, so the same
+parameters always give the same id (and directory) and a changed grid value gives a new run.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cptlaws import schedules
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+RESOURCE_DEFAULTS = {
+    "default": {"threads": 1, "mem_mb": 2000, "runtime": 30, "gpu": 0},
+    "train": {"threads": 1, "mem_mb": 4000, "runtime": 120, "gpu": 0},
+    "fit": {"threads": 1, "mem_mb": 4000, "runtime": 60, "gpu": 0},
+}
+FILTER_KEYS = ("domain", "ratio", "cpt_schedule", "pt_schedule", "cpt_peak_lr", "transfer_step", "model", "seed")
+
+
+class ConfigError(ValueError):
+    """A study config that cannot be run; the message names the key."""
+
+
+def canonical_number(x: float | int) -> str:
+    """Stable text for a grid value: 0.5 -> '0.5', 1.0 -> '1', 2e-4 -> '0.0002', 1e-5 -> '1e-05'."""
+    if isinstance(x, bool):
+        raise TypeError("bool is not a grid number")
+    if isinstance(x, int):
+        return str(x)
+    x = float(x)
+    if x.is_integer() and abs(x) < 1e15:
+        return str(int(x))
+    return format(x, ".6g")
+
+
+def _key(path) -> str:
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "<root>"
+
+
+# ---------------------------------------------------------------- schema validation with defaults
+def _validator_class():
+    import jsonschema
+
+    base = jsonschema.Draft202012Validator
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for prop, sub in properties.items():
+                if isinstance(sub, dict) and "default" in sub and prop not in instance:
+                    instance[prop] = copy.deepcopy(sub["default"])
+        yield from base.VALIDATORS["properties"](validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(base, {"properties": set_defaults})
+
+
+def _schema_message(err) -> str:
+    # oneOf / anyOf errors are vague: report the most specific sub-error instead.
+    best = err
+    if err.context:
+        import jsonschema
+
+        best = jsonschema.exceptions.best_match(err.context)
+    path = list(best.absolute_path)
+    msg = best.message
+    if best.validator == "additionalProperties":
+        msg = f"{msg} (unknown key)"
+    value = best.instance
+    if best.validator in ("type", "oneOf") and isinstance(value, str):
+        try:
+            float(value)
+            msg += " (YAML 1.1 reads 1e-5 or 1.0e6 as a string: write 1.0e-5 or 1.0e+6, with a dot and a signed exponent)"
+        except ValueError:
+            pass
+    return f"config key '{_key(path)}': {msg}"
+
+
+def validate_schema(config: Mapping, schema_path: str | Path | None = None) -> dict:
+    """Validate against the JSON schema and return a deep copy with defaults filled in."""
+    schema_path = Path(schema_path or SCHEMA_PATH)
+    if not schema_path.exists():
+        raise ConfigError(f"config schema not found: {schema_path}")
+    schema = yaml.safe_load(schema_path.read_text())
+    cfg = json.loads(json.dumps(config, default=str)) if config is not None else {}
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"config must be a mapping, got {type(config).__name__}")
+    validator = _validator_class()(schema)
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    if errors:
+        # The deepest error is the most precise; keep the first deepest one for a stable message.
+        deepest = max(errors, key=lambda e: len(e.absolute_path))
+        raise ConfigError(_schema_message(deepest))
+    return cfg
+
+
+# ---------------------------------------------------------------- expanded study
+@dataclass
+class Study:
+    """A validated study: the config with defaults, and one training config + table row per run."""
+
+    config: dict
+    runs: dict[str, dict] = field(default_factory=dict)  # run_id -> {"train": run config, "row": metadata}
+    results: str = "results"
+    resources_dir: str = "resources"
+
+    @property
+    def pt_runs(self) -> list[str]:
+        return [r for r, v in self.runs.items() if v["row"]["phase"] == "pt"]
+
+    @property
+    def cpt_runs(self) -> list[str]:
+        return [r for r, v in self.runs.items() if v["row"]["phase"] == "cpt"]
+
+    @property
+    def corpora(self) -> list[str]:
+        return list(self.config["corpora"])
+
+    def corpus_source(self, name: str) -> str:
+        return self.config["corpora"][name].get("source", name)
+
+    def corpus_args(self, name: str) -> str:
+        return self.config["corpora"][name].get("args", "")
+
+    @property
+    def tokenizer_corpora(self) -> list[str]:
+        return list(self.config["tokenizer"].get("corpora") or self.corpora)
+
+    @property
+    def tokenizer_path(self) -> str:
+        tok = self.config["tokenizer"]
+        return tok.get("path") or f"{self.resources_dir}/tokenizer/bpe{tok['vocab']}/tokenizer.json"
+
+    def token_dir(self, corpus: str) -> str:
+        return f"{self.resources_dir}/tokens/{corpus}"
+
+    def run_dir(self, run_id: str) -> str:
+        return f"{self.results}/runs/{run_id}"
+
+    def parent(self, run_id: str) -> str:
+        return self.runs[run_id]["row"]["parent"]
+
+    def run_json(self, run_id: str) -> str:
+        """The run's training config + table row as compact, key-sorted JSON (a Snakemake param)."""
+        return json.dumps(self.runs[run_id], sort_keys=True, separators=(",", ":"))
+
+    def resources(self, kind: str) -> dict:
+        out = dict(RESOURCE_DEFAULTS.get(kind, RESOURCE_DEFAULTS["default"]))
+        out.update(self.config["resources"].get(kind, {}))
+        return out
+
+    def fit_settings_json(self, analysis: str) -> str:
+        """The fit settings one analysis depends on (shared keys + its own block), as canonical JSON."""
+        fits = self.config["fits"]
+        shared = {k: v for k, v in fits.items() if not isinstance(v, dict)}
+        return json.dumps({"fits": {**shared, analysis: fits[analysis]}}, sort_keys=True, separators=(",", ":"))
+
+    def settings_json(self, *keys: str) -> str:
+        """Part of the config as canonical JSON: the params that make exactly the dependent steps rerun."""
+        return json.dumps({k: self.config[k] for k in keys}, sort_keys=True, separators=(",", ":"))
+
+
+def _dup_check(values: list, key: str) -> None:
+    seen = {}
+    for i, v in enumerate(values):
+        c = canonical_number(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else repr(v)
+        if c in seen:
+            raise ConfigError(f"config key '{key}[{i}]': duplicate value {v!r} (same as [{seen[c]}]): it would define the same run twice")
+        seen[c] = i
+
+
+def _names(values: list, known: Mapping, key: str, what: str) -> None:
+    for i, v in enumerate(values):
+        if v not in known:
+            raise ConfigError(f"config key '{key}[{i}]': unknown {what} {v!r} (defined: {', '.join(sorted(known))})")
+
+
+def _sched(spec: Mapping, steps: int, key: str) -> dict:
+    try:
+        return schedules.validate(spec, steps, where=f"'{key}'")
+    except schedules.ScheduleError as exc:
+        raise ConfigError(f"config key '{key}': {exc}") from None
+
+
+def pt_run_id(model: str, schedule: str, seed: int) -> str:
+    return f"pt-{model}-{schedule}-s{seed}"
+
+
+def cpt_run_id(model, domain, ratio, cpt_schedule, cpt_peak_lr, pt_schedule, transfer_step, seed) -> str:
+    lr = f"-lr{canonical_number(cpt_peak_lr)}" if cpt_peak_lr is not None else ""
+    return (
+        f"cpt-{model}-{domain}-r{canonical_number(ratio)}-{cpt_schedule}{lr}"
+        f"-{pt_schedule}-T{int(transfer_step)}-s{int(seed)}"
+    )
+
+
+def load_study(
+    config: Mapping | str | Path,
+    schema_path: str | Path | None = None,
+    results: str = "results",
+    resources_dir: str = "resources",
+) -> Study:
+    """Validate a study config (mapping or YAML path) and expand it into runs. Raises ConfigError."""
+    if isinstance(config, (str, Path)):
+        path = Path(config)
+        try:
+            config = yaml.safe_load(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path}: invalid YAML: {exc}") from None
+    cfg = validate_schema(config, schema_path)
+    study = Study(config=cfg, results=results, resources_dir=resources_dir)
+    _semantic_checks(cfg)
+    _expand(study)
+    _check_checks(study)
+    return study
+
+
+def _semantic_checks(cfg: dict) -> None:
+    corpora = cfg["corpora"]
+    if cfg["general"] not in corpora:
+        raise ConfigError(f"config key 'general': corpus {cfg['general']!r} is not defined in 'corpora' ({', '.join(corpora)})")
+    tok = cfg["tokenizer"]
+    if "corpora" in tok:
+        _names(tok["corpora"], corpora, "tokenizer.corpora", "corpus")
+        _dup_check(tok["corpora"], "tokenizer.corpora")
+    pt_steps = cfg["pt"]["steps"]
+    for name, spec in cfg["pt"]["schedules"].items():
+        s = _sched(spec, pt_steps, f"pt.schedules.{name}")
+        if s["peak_lr"] == schedules.PT_END or s["warmup_init"] == schedules.PT_END:
+            raise ConfigError(f"config key 'pt.schedules.{name}': 'pt_end' is only meaningful for a CPT schedule")
+    for name, spec in cfg["cpt"]["schedules"].items():
+        _sched(spec, cfg["cpt"]["steps"], f"cpt.schedules.{name}")
+    for i, s in enumerate(cfg["pt"]["checkpoint_steps"]):
+        if s > pt_steps:
+            raise ConfigError(f"config key 'pt.checkpoint_steps[{i}]': step {s} is beyond the PT run ({pt_steps} steps)")
+    for i, spec in enumerate(cfg["pt"]["runs"]):
+        base = f"pt.runs[{i}]"
+        _names(spec["schedule"], cfg["pt"]["schedules"], f"{base}.schedule", "PT schedule")
+        _names(spec.get("model", []), cfg["models"], f"{base}.model", "model")
+        for k in ("schedule", "model", "seed"):
+            _dup_check(spec.get(k, []), f"{base}.{k}")
+    for i, g in enumerate(cfg["cpt"]["grids"]):
+        base = f"cpt.grids[{i}]"
+        _names(g["domain"], corpora, f"{base}.domain", "corpus")
+        _names(g["cpt_schedule"], cfg["cpt"]["schedules"], f"{base}.cpt_schedule", "CPT schedule")
+        _names(g["pt_schedule"], cfg["pt"]["schedules"], f"{base}.pt_schedule", "PT schedule")
+        _names(g.get("model", []), cfg["models"], f"{base}.model", "model")
+        for k in ("domain", "ratio", "cpt_schedule", "cpt_peak_lr", "pt_schedule", "transfer_step", "model", "seed"):
+            _dup_check(g.get(k, []), f"{base}.{k}")
+        for j, t in enumerate(g["transfer_step"]):
+            if t > pt_steps:
+                raise ConfigError(
+                    f"config key '{base}.transfer_step[{j}]': transfer step {t} is beyond the PT run ({pt_steps} steps, 'pt.steps')"
+                )
+        for j, d in enumerate(g["domain"]):
+            if d == cfg["general"]:
+                raise ConfigError(
+                    f"config key '{base}.domain[{j}]': {d!r} is the general corpus; CPT domains must differ from 'general'"
+                )
+
+
+def _model_spec(cfg: dict, name: str) -> dict:
+    return copy.deepcopy(cfg["models"][name])
+
+
+def _base_train(study: Study, run_id: str, phase: str, model: str, seed: int) -> dict:
+    cfg = study.config
+    domains = sorted({d for g in cfg["cpt"]["grids"] for d in g["domain"]})
+    valid = {"general": study.token_dir(cfg["general"])}
+    for d in domains:
+        valid[d] = study.token_dir(d)
+    tr = cfg["train"]
+    res = study.resources("train")
+    return {
+        "run_id": run_id,
+        "phase": phase,
+        "out_dir": study.run_dir(run_id),
+        "seed": int(seed),
+        "model": _model_spec(cfg, model),
+        "tokenizer": study.tokenizer_path,
+        "data": {"general": study.token_dir(cfg["general"])},
+        "valid": valid,
+        "batch_size": cfg["data"]["batch_size"],
+        "seq_len": cfg["data"]["seq_len"],
+        "steps": None,
+        "eval_every": tr["eval_every"],
+        "eval_batches": tr["eval_batches"],
+        "schedule": None,
+        "optim": copy.deepcopy(tr["optim"]),
+        "checkpoint": {"transfer_steps": [], "every": tr["checkpoint_every"], "keep_last": 1},
+        "runtime": {
+            "threads": res["threads"],
+            "device": tr["runtime"]["device"],
+            "dtype": tr["runtime"]["dtype"],
+            "compile": tr["runtime"]["compile"],
+        },
+    }
+
+
+def _expand(study: Study) -> None:
+    cfg = study.config
+    default_model = next(iter(cfg["models"]))
+    pt_steps, cpt_steps = cfg["pt"]["steps"], cfg["cpt"]["steps"]
+    pt_specs = {n: _sched(s, pt_steps, f"pt.schedules.{n}") for n, s in cfg["pt"]["schedules"].items()}
+    cpt_specs = {n: _sched(s, cpt_steps, f"cpt.schedules.{n}") for n, s in cfg["cpt"]["schedules"].items()}
+
+    pt_keys: dict[tuple, set] = {}  # (model, schedule, seed) -> transfer steps to checkpoint
+    for spec in cfg["pt"]["runs"]:
+        for sched, model, seed in itertools.product(spec["schedule"], spec.get("model", [default_model]), spec.get("seed", [0])):
+            pt_keys.setdefault((model, sched, seed), set())
+
+    cpt: dict[str, dict] = {}
+    for i, g in enumerate(cfg["cpt"]["grids"]):
+        base = f"cpt.grids[{i}]"
+        axes = (
+            g["domain"], g["ratio"], g["cpt_schedule"], g.get("cpt_peak_lr", [None]), g["pt_schedule"],
+            g["transfer_step"], g.get("model", [default_model]), g.get("seed", [0]),
+        )  # fmt: skip
+        for domain, ratio, csched, clr, psched, T, model, seed in itertools.product(*axes):
+            rid = cpt_run_id(model, domain, ratio, csched, clr, psched, T, seed)
+            if rid in cpt:  # union of cross-products: an overlap is the same run
+                continue
+            spec = dict(cpt_specs[csched], name=csched)
+            if clr is not None:
+                spec["peak_lr"] = float(clr)
+                spec = _sched(spec, cpt_steps, f"{base}.cpt_peak_lr (with cpt.schedules.{csched})")
+            pt_lrs = schedules.lr_array(pt_specs[psched], pt_steps)
+            eta_T = float(pt_lrs[T - 1])
+            cpt_lrs = schedules.lr_array(spec, cpt_steps, prev_lr=eta_T)
+            parent = pt_run_id(model, psched, seed)
+            pt_keys.setdefault((model, psched, seed), set()).add(int(T))
+            train = _base_train(study, rid, "cpt", model, seed)
+            train["data"] = {"general": study.token_dir(cfg["general"]), "domain": study.token_dir(domain), "ratio": float(ratio)}
+            train["steps"] = cpt_steps
+            train["schedule"] = spec
+            train["init"] = {
+                "checkpoint": f"{study.run_dir(parent)}/ckpt/step_{int(T)}",
+                "pt_schedule": dict(pt_specs[psched], name=psched),
+                "pt_steps": pt_steps,
+                "transfer_step": int(T),
+                "optimizer": cfg["cpt"]["optimizer"],
+            }
+            row = {
+                "run_id": rid, "phase": "cpt", "parent": parent, "model": model, "domain": domain,
+                "ratio": float(ratio), "pt_schedule": psched, "cpt_schedule": csched,
+                "peak_lr": _peak(pt_specs[psched]), "cpt_peak_lr": float(cpt_lrs.max()),
+                "transfer_step": int(T), "loss_potential": eta_T / _peak(pt_specs[psched]),
+                "steps": cpt_steps, "total_steps": int(T) + cpt_steps, "seed": int(seed),
+                "batch_size": cfg["data"]["batch_size"], "seq_len": cfg["data"]["seq_len"],
+                "schedule_json": json.dumps(dict(pt_specs[psched], name=psched), sort_keys=True),
+                "cpt_schedule_json": json.dumps(spec, sort_keys=True),
+            }  # fmt: skip
+            cpt[rid] = {"train": train, "row": row}
+
+    extra_ckpt = set(cfg["pt"]["checkpoint_steps"])
+    for (model, psched, seed), transfers in sorted(pt_keys.items()):
+        rid = pt_run_id(model, psched, seed)
+        spec = dict(pt_specs[psched], name=psched)
+        lrs = schedules.lr_array(spec, pt_steps)
+        train = _base_train(study, rid, "pt", model, seed)
+        train["steps"] = pt_steps
+        train["schedule"] = spec
+        train["checkpoint"]["transfer_steps"] = sorted(transfers | extra_ckpt)
+        row = {
+            "run_id": rid, "phase": "pt", "parent": "", "model": model, "domain": "", "ratio": 0.0,
+            "pt_schedule": psched, "cpt_schedule": "", "peak_lr": _peak(spec), "cpt_peak_lr": math.nan,
+            "transfer_step": 0, "loss_potential": float(lrs[-1]) / _peak(spec), "steps": pt_steps,
+            "total_steps": pt_steps, "seed": int(seed), "batch_size": cfg["data"]["batch_size"],
+            "seq_len": cfg["data"]["seq_len"], "schedule_json": json.dumps(spec, sort_keys=True),
+            "cpt_schedule_json": "",
+        }  # fmt: skip
+        study.runs[rid] = {"train": train, "row": row}
+    study.runs.update(cpt)
+
+
+def _peak(spec: Mapping) -> float:
+    return float(spec["peak_lr"])
+
+
+def _check_checks(study: Study) -> None:
+    cfg = study.config
+    rows = [v["row"] for v in study.runs.values() if v["row"]["phase"] == "cpt"]
+    seen = set()
+    for i, chk in enumerate(cfg["checks"]):
+        base = f"checks[{i}]"
+        if chk["name"] in seen:
+            raise ConfigError(f"config key '{base}.name': duplicate check name {chk['name']!r}")
+        seen.add(chk["name"])
+        kind = chk["kind"]
+        if kind == "runs":
+            for part in ("fit", "predict"):
+                if part not in chk:
+                    raise ConfigError(f"config key '{base}.{part}': required by a check of kind 'runs' (a run filter)")
+        if kind == "time":
+            if "fraction" not in chk:
+                raise ConfigError(f"config key '{base}.fraction': required by a check of kind 'time' (share of each run to fit)")
+        elif "fraction" in chk:
+            raise ConfigError(f"config key '{base}.fraction': only used by checks of kind 'time'")
+        if kind != "runs":
+            for part in ("fit", "predict"):
+                if part in chk:
+                    raise ConfigError(f"config key '{base}.{part}': only used by checks of kind 'runs' (use 'select')")
+        if kind == "cmr" and chk.get("metric", "abs_err") not in ("abs_err",):
+            raise ConfigError(f"config key '{base}.metric': a cmr check compares ratios: use metric 'abs_err'")
+        if kind != "cmr" and chk["metric"] == "abs_err":
+            raise ConfigError(f"config key '{base}.metric': 'abs_err' is only for cmr checks")
+        law = chk["law"]
+        known = _known_laws()
+        if known is not None and kind != "cmr" and law not in known:
+            raise ConfigError(f"config key '{base}.law': unknown law {law!r} (known: {', '.join(sorted(known))})")
+        for part in ("fit", "predict", "select"):
+            flt = chk.get(part)
+            if not flt:
+                continue
+            for col, values in flt.items():
+                avail = {_norm(r[col]) for r in rows}
+                for j, v in enumerate(values):
+                    if _norm(v) not in avail:
+                        raise ConfigError(
+                            f"config key '{base}.{part}.{col}[{j}]': no CPT run has {col} = {v!r} "
+                            f"(values in the grid: {', '.join(sorted(map(str, avail)))})"
+                        )
+        if kind == "runs":
+            fit = select_rows(rows, chk.get("fit"))
+            pred = select_rows(rows, chk.get("predict"))
+            if not fit:
+                raise ConfigError(f"config key '{base}.fit': selects no CPT run")
+            if not pred:
+                raise ConfigError(f"config key '{base}.predict': selects no CPT run")
+            both = {r["run_id"] for r in fit} & {r["run_id"] for r in pred}
+            if both:
+                raise ConfigError(
+                    f"config key '{base}.predict': {len(both)} run(s) are also in 'fit' (e.g. {sorted(both)[0]}): a held-out check must predict unseen runs"
+                )
+
+
+def _norm(v):
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return canonical_number(v)
+    return str(v)
+
+
+def select_rows(rows: list[Mapping], flt: Mapping | None) -> list[Mapping]:
+    """Rows (run metadata) matching a filter {column: [values]} (numbers compared canonically)."""
+    if not flt:
+        return list(rows)
+    out = []
+    for r in rows:
+        if all(_norm(r[c]) in {_norm(v) for v in vals} for c, vals in flt.items()):
+            out.append(r)
+    return out
+
+
+def _known_laws() -> set[str] | None:
+    """Names in the law registry, or None when the law library is not importable (checked at fit time)."""
+    try:
+        from cptlaws import laws
+    except Exception:  # noqa: BLE001 - a missing/broken law library must not block parsing
+        return None
+    for attr in ("LAWS", "REGISTRY", "names"):
+        obj = getattr(laws, attr, None)
+        if callable(obj):
+            try:
+                return set(obj())
+            except Exception:  # noqa: BLE001
+                return None
+        if isinstance(obj, Mapping):
+            return set(obj)
+    return None
