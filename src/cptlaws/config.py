@@ -73,17 +73,24 @@ def _validator_class():
 
 
 def _schema_message(err) -> str:
-    # oneOf / anyOf errors are vague: report the most specific sub-error instead.
     best = err
-    if err.context:
+    if err.context:  # oneOf / anyOf: report the sub-error of the branch the value was meant for
         import jsonschema
 
-        best = jsonschema.exceptions.best_match(err.context)
+        pool = [e for e in err.context if e.validator not in ("const", "type")] or list(err.context)
+        best = jsonschema.exceptions.best_match(pool)
     path = list(best.absolute_path)
-    msg = best.message
-    if best.validator == "additionalProperties":
-        msg = f"{msg} (unknown key)"
     value = best.instance
+    if best.validator == "additionalProperties" and isinstance(value, dict):
+        allowed = set(best.schema.get("properties", {}))
+        extra = sorted(k for k in value if k not in allowed)
+        if extra:
+            return f"config key '{_key(path + [extra[0]])}': unknown key (allowed here: {', '.join(sorted(allowed))})"
+    if best.validator == "required":
+        missing = [k for k in best.validator_value if k not in value]
+        if missing:
+            return f"config key '{_key(path + [missing[0]])}': missing (required)"
+    msg = best.message
     if best.validator in ("type", "oneOf") and isinstance(value, str):
         try:
             float(value)
@@ -194,7 +201,7 @@ def _names(values: list, known: Mapping, key: str, what: str) -> None:
 
 def _sched(spec: Mapping, steps: int, key: str) -> dict:
     try:
-        return schedules.validate(spec, steps, where=f"'{key}'")
+        return schedules.validate(spec, steps)
     except schedules.ScheduleError as exc:
         raise ConfigError(f"config key '{key}': {exc}") from None
 
@@ -312,6 +319,7 @@ def _base_train(study: Study, run_id: str, phase: str, model: str, seed: int) ->
             "device": tr["runtime"]["device"],
             "dtype": tr["runtime"]["dtype"],
             "compile": tr["runtime"]["compile"],
+            "progress": False,  # progress bars only clutter the job logs
         },
     }
 
