@@ -1,0 +1,166 @@
+"""LLaMA-style models from named presets (``transformers.LlamaForCausalLM``).
+
+Preset sizes are NON-embedding parameter counts (attention + MLP + norms), the quantity the scaling
+laws use. The small presets make CPU studies possible; ``106M`` / ``594M`` / ``1.7B`` match the paper's
+(Wang et al. 2505.07796) model sizes. Their exact shapes are not published in the paper, so these are
+our LLaMA-proportioned choices (head dim 64-128, MLP ~3.5x hidden) that hit the counts within 1 %.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+# hidden, intermediate, layers, heads, kv heads -> non-embedding params (see test_model.py)
+PRESETS: dict[str, dict[str, int]] = {
+    "nano": dict(hidden_size=32, intermediate_size=88, num_layers=2, num_heads=2, num_kv_heads=2),  # ~25k
+    "tiny": dict(hidden_size=64, intermediate_size=176, num_layers=2, num_heads=4, num_kv_heads=4),  # ~0.1M
+    "mini": dict(hidden_size=96, intermediate_size=256, num_layers=3, num_heads=4, num_kv_heads=4),  # ~0.33M
+    "small": dict(hidden_size=128, intermediate_size=352, num_layers=5, num_heads=4, num_kv_heads=4),  # ~1.0M
+    "base": dict(hidden_size=256, intermediate_size=704, num_layers=6, num_heads=4, num_kv_heads=4),  # ~4.8M
+    "medium": dict(hidden_size=384, intermediate_size=1024, num_layers=8, num_heads=6, num_kv_heads=6),  # ~14M
+    "106M": dict(hidden_size=768, intermediate_size=2816, num_layers=12, num_heads=12, num_kv_heads=12),
+    "594M": dict(hidden_size=1280, intermediate_size=4736, num_layers=24, num_heads=20, num_kv_heads=20),
+    "1.7B": dict(hidden_size=2048, intermediate_size=8832, num_layers=24, num_heads=16, num_kv_heads=16),
+}
+# Nominal non-embedding sizes, for documentation and the preset test.
+NOMINAL = {"nano": 25e3, "tiny": 0.1e6, "mini": 0.33e6, "small": 1.0e6, "base": 4.8e6, "medium": 14e6,
+           "106M": 106e6, "594M": 594e6, "1.7B": 1.7e9}
+
+SHAPE_KEYS = ("hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads")
+EXTRA_KEYS = ("rope_theta", "tie_word_embeddings", "rms_norm_eps", "initializer_range")
+MODEL_KEYS = ("preset", "vocab_size") + SHAPE_KEYS + EXTRA_KEYS
+
+
+class ModelConfigError(ValueError):
+    """A model spec that cannot be built; the message names the key."""
+
+
+def resolve_model_spec(spec: Mapping[str, Any], where: str = "model") -> dict[str, Any]:
+    """Preset + explicit overrides -> a complete shape dict. Raises ModelConfigError naming the key."""
+    if not isinstance(spec, Mapping):
+        raise ModelConfigError(f"key '{where}' = {spec!r}: must be a mapping ({{preset: tiny}} or explicit sizes)")
+    unknown = sorted(set(spec) - set(MODEL_KEYS))
+    if unknown:
+        raise ModelConfigError(f"key '{where}.{unknown[0]}': unknown key (known: {', '.join(MODEL_KEYS)})")
+    out: dict[str, Any] = {}
+    if "preset" in spec:
+        name = spec["preset"]
+        if name not in PRESETS:
+            raise ModelConfigError(f"key '{where}.preset' = {name!r}: unknown preset (one of {', '.join(PRESETS)})")
+        out["preset"] = name
+        out.update(PRESETS[name])
+    for k in SHAPE_KEYS:
+        if k in spec:
+            v = spec[k]
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise ModelConfigError(f"key '{where}.{k}' = {v!r}: must be a positive integer")
+            out[k] = v
+    missing = [k for k in SHAPE_KEYS if k not in out]
+    if missing:
+        raise ModelConfigError(f"key '{where}.{missing[0]}': missing (give a preset or all of {', '.join(SHAPE_KEYS)})")
+    if out["hidden_size"] % out["num_heads"]:
+        raise ModelConfigError(
+            f"key '{where}.num_heads' = {out['num_heads']}: must divide hidden_size {out['hidden_size']}")
+    if out["num_heads"] % out["num_kv_heads"]:
+        raise ModelConfigError(
+            f"key '{where}.num_kv_heads' = {out['num_kv_heads']}: must divide num_heads {out['num_heads']}")
+    if "vocab_size" in spec:
+        v = spec["vocab_size"]
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 1:
+            raise ModelConfigError(f"key '{where}.vocab_size' = {v!r}: must be an integer > 1")
+        out["vocab_size"] = v
+    for k in ("rope_theta", "rms_norm_eps", "initializer_range"):
+        if k in spec:
+            v = spec[k]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+                hint = " (YAML 1.1 reads 1e-5 as a string: write 1.0e-5)" if isinstance(v, str) else ""
+                raise ModelConfigError(f"key '{where}.{k}' = {v!r}: must be a positive number{hint}")
+            out[k] = float(v)
+    if "tie_word_embeddings" in spec:
+        if not isinstance(spec["tie_word_embeddings"], bool):
+            raise ModelConfigError(f"key '{where}.tie_word_embeddings' = {spec['tie_word_embeddings']!r}: must be true/false")
+        out["tie_word_embeddings"] = spec["tie_word_embeddings"]
+    return out
+
+
+def llama_config(spec: Mapping[str, Any], vocab_size: int | None = None, seq_len: int = 2048,
+                 attn_implementation: str = "sdpa"):
+    """A ``transformers.LlamaConfig`` for a model spec (preset name or mapping)."""
+    from transformers import LlamaConfig
+
+    if isinstance(spec, str):
+        spec = {"preset": spec}
+    s = resolve_model_spec(spec)
+    vocab = s.get("vocab_size", vocab_size)
+    if vocab is None:
+        raise ModelConfigError("key 'model.vocab_size': unknown (not in the model spec, the data meta.json or the tokenizer)")
+    cfg = LlamaConfig(
+        vocab_size=int(vocab),
+        hidden_size=s["hidden_size"],
+        intermediate_size=s["intermediate_size"],
+        num_hidden_layers=s["num_layers"],
+        num_attention_heads=s["num_heads"],
+        num_key_value_heads=s["num_kv_heads"],
+        max_position_embeddings=int(seq_len),
+        rms_norm_eps=s.get("rms_norm_eps", 1e-5),
+        initializer_range=s.get("initializer_range", 0.02),
+        tie_word_embeddings=s.get("tie_word_embeddings", False),
+        rope_parameters={"rope_type": "default", "rope_theta": s.get("rope_theta", 10000.0)},
+        use_cache=False,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+    )
+    cfg._attn_implementation = attn_implementation
+    return cfg
+
+
+def build_model(spec: Mapping[str, Any] | str, vocab_size: int | None = None, seq_len: int = 2048, *,
+                seed: int | None = None, device: str | None = None, attn_implementation: str = "sdpa"):
+    """A freshly initialised ``LlamaForCausalLM``; ``seed`` makes the init reproducible."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    cfg = llama_config(spec, vocab_size, seq_len, attn_implementation)
+    if seed is not None:
+        torch.manual_seed(seed)
+    if device == "meta":
+        with torch.device("meta"):
+            return LlamaForCausalLM(cfg)
+    model = LlamaForCausalLM(cfg)
+    if device is not None:
+        model = model.to(device)
+    return model
+
+
+def count_params(model) -> tuple[int, int]:
+    """(total, non-embedding) parameter counts; the input embedding and the LM head (if untied) are
+    embedding parameters, everything else (attention, MLP, norms) is not."""
+    seen: set[int] = set()
+    total = 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    emb = set()
+    inner = getattr(model, "model", model)
+    if getattr(inner, "embed_tokens", None) is not None:
+        emb.add(id(inner.embed_tokens.weight))
+    head = getattr(model, "lm_head", None)
+    if head is not None:
+        emb.add(id(head.weight))
+    n_emb = sum(p.numel() for p in model.parameters() if id(p) in emb)
+    # parameters() de-duplicates tied weights already
+    return total, total - n_emb
+
+
+def flops_per_token(model_cfg, seq_len: int) -> float:
+    """Training FLOPs per token (forward + backward = 3x forward): 6 N_nonembed-matmul + LM head +
+    attention scores (Chinchilla-style accounting, used for MFU)."""
+    h, L = model_cfg.hidden_size, model_cfg.num_hidden_layers
+    i, v = model_cfg.intermediate_size, model_cfg.vocab_size
+    kv = model_cfg.num_key_value_heads * (h // model_cfg.num_attention_heads)
+    matmul = L * (2 * h * h + 2 * h * kv + 3 * h * i) + h * v
+    attn = L * 2 * seq_len * h  # QK^T and AV per token (causal half not discounted)
+    return 6.0 * matmul + 6.0 * attn

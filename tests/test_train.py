@@ -1,0 +1,394 @@
+"""Training engine: exact LR, resume equality, mixture share, determinism, config errors, divergence,
+and the PT -> CPT forgetting finding on two synthetic "languages"."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from cptlaws import data as D
+from cptlaws.schedules import lr_array, phase_lrs
+from cptlaws.train import KILL_ENV, ConfigError, TrainingDiverged, train, validate_config
+
+VOCAB, SEQ = 64, 32
+
+
+def markov_rows(lang: int, seed: int, n: int, vocab: int = VOCAB, seq: int = SEQ) -> np.ndarray:
+    """A low-entropy 'language': each token has 3 possible successors; ``lang`` fixes the grammar."""
+    nxt = np.random.default_rng(lang).integers(0, vocab, size=(vocab, 3))
+    rng = np.random.default_rng(seed)
+    rows = np.empty((n, seq + 1), dtype=np.int64)
+    tok = rng.integers(vocab, size=n)
+    choice = rng.integers(3, size=(n, seq + 1))
+    for j in range(seq + 1):
+        rows[:, j] = tok
+        tok = nxt[tok, choice[:, j]]
+    return rows
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("tokens")
+    for name, lang in (("general", 1), ("code", 2)):
+        D.save_rows(root / name / "train", markov_rows(lang, lang + 10, 300), VOCAB)
+        D.save_rows(root / name / "valid", markov_rows(lang, lang + 100, 32), VOCAB)
+    return root
+
+
+def pt_cfg(tok: Path, out: Path, **kw) -> dict:
+    cfg = {
+        "run_id": "pt", "phase": "pt", "out_dir": str(out), "seed": 0, "model": {"preset": "nano"},
+        "data": {"general": str(tok / "general")},
+        "valid": {"general": str(tok / "general"), "code": str(tok / "code")},
+        "batch_size": 8, "seq_len": SEQ, "steps": 30, "eval_every": 5, "eval_batches": 2,
+        "schedule": {"kind": "wsd", "peak_lr": 1.0e-2, "warmup_steps": 4, "final_lr": 1.0e-3, "decay_fraction": 0.3},
+        "checkpoint": {"transfer_steps": [20], "every": 7},
+        "runtime": {"threads": 1, "progress": False},
+    }
+    cfg.update(kw)
+    return cfg
+
+
+def cpt_cfg(tok: Path, out: Path, ckpt: Path, **kw) -> dict:
+    cfg = pt_cfg(tok, out, run_id="cpt", phase="cpt", steps=25,
+                 data={"general": str(tok / "general"), "domain": str(tok / "code"), "ratio": 0.75},
+                 schedule={"kind": "cosine", "peak_lr": 5.0e-3, "warmup_steps": 3, "warmup_init": "pt_end",
+                           "final_lr": 5.0e-4},
+                 checkpoint={"every": 6})
+    cfg["init"] = {"checkpoint": str(ckpt), "optimizer": "keep"}
+    cfg.update(kw)
+    return cfg
+
+
+def read(out: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    return (pd.read_parquet(out / "curve.parquet"), pd.read_parquet(out / "trainlog.parquet"),
+            json.loads((out / "meta.json").read_text()))
+
+
+@pytest.fixture(scope="module")
+def pt_run(tok, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "pt"
+    train(pt_cfg(tok, out))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- LR
+def test_pt_outputs_and_exact_lr(pt_run):
+    curve, tlog, meta = read(pt_run)
+    spec = pt_cfg(Path("."), Path("."))["schedule"]
+    lrs = lr_array(spec, 30)
+    assert tlog["step"].tolist() == list(range(1, 31))
+    assert np.array_equal(tlog["lr"].to_numpy(), lrs)  # bitwise, not approx
+    assert tlog["tokens"].tolist() == [8 * SEQ * s for s in range(1, 31)]
+    assert list(curve.columns) == ["run_id", "phase", "step", "tokens", "lr", "split", "loss"]
+    assert sorted(curve["step"].unique()) == [0, 5, 10, 15, 20, 25, 30]
+    assert set(curve[curve.step == 0]["split"]) == {"general", "code"}  # init: validation only
+    assert set(curve[curve.step == 30]["split"]) == {"general", "code", "train"}
+    later = curve[curve.step > 0]
+    assert np.array_equal(later["lr"].to_numpy(), lrs[later["step"].to_numpy() - 1])
+    # the curve's train rows are the trainlog's losses at eval steps
+    tr = later[later.split == "train"].set_index("step")["loss"]
+    assert np.array_equal(tr.to_numpy(), tlog.set_index("step").loc[tr.index, "train_loss"].to_numpy())
+    assert meta["status"] == "ok" and meta["n_nonembed"] > 0 and meta["tokens"] == 30 * 8 * SEQ
+    import hashlib
+    assert meta["lr_history_sha256"] == hashlib.sha256(lrs.astype("<f8").tobytes()).hexdigest()
+    g = curve[curve.split == "general"].sort_values("step")["loss"].to_numpy()
+    assert g[-1] < g[0] - 0.5  # it learns
+    # transfer checkpoint kept, periodic ones removed at the end
+    assert sorted(p.name for p in (pt_run / "ckpt").iterdir()) == ["step_20"]
+
+
+def test_cpt_exact_lr_and_branch_point(tok, pt_run, tmp_path):
+    out = tmp_path / "cpt"
+    cfg = cpt_cfg(tok, out, pt_run / "ckpt" / "step_20")
+    train(cfg)
+    curve, tlog, meta = read(out)
+    pt_spec = pt_cfg(tok, out)["schedule"]
+    full = phase_lrs(pt_spec, 30, 20, cfg["schedule"], 25)
+    assert tlog["step"].tolist() == list(range(21, 46))
+    assert np.array_equal(tlog["lr"].to_numpy(), full[20:])
+    assert tlog["lr"].iloc[0] == full[19] + (5.0e-3 - full[19]) / 3  # warm-up starts from the PT end LR
+    assert tlog["tokens"].iloc[0] == 21 * 8 * SEQ
+    first = curve[curve.step == 20]
+    assert set(first["split"]) == {"general", "code"} and (first["lr"] == full[19]).all()
+    # the branch point equals the PT run's own evaluation at step 20
+    pt_curve = read(pt_run)[0]
+    for split in ("general", "code"):
+        a = first[first.split == split]["loss"].item()
+        b = pt_curve[(pt_curve.step == 20) & (pt_curve.split == split)]["loss"].item()
+        assert a == b
+    assert meta["lr_history_len"] == 45 and meta["final_step"] == 45
+
+
+# ---------------------------------------------------------------------------------------------------- resume
+class Killed(BaseException):
+    pass
+
+
+def _kill_at(step):
+    def hook(g):
+        if g == step:
+            raise Killed
+
+    return hook
+
+
+@pytest.mark.parametrize("kill_steps", [[7], [9, 16], [29]])
+def test_kill_and_resume_is_bitwise_identical(tok, pt_run, tmp_path, kill_steps):
+    out = tmp_path / "resumed"
+    cfg = pt_cfg(tok, out)
+    for k in kill_steps:
+        with pytest.raises(Killed):
+            train(cfg, after_step=_kill_at(k))
+        assert not (out / "curve.parquet").exists() and not (out / "meta.json").exists()
+    # debris of a kill during a checkpoint write is ignored
+    (out / "ckpt" / ".tmp-step_99-1").mkdir(parents=True, exist_ok=True)
+    (out / "ckpt" / "step_29").mkdir()  # incomplete (no state.pt): not a resume point
+    train(cfg)
+    c1, t1, m1 = read(pt_run)
+    c2, t2, m2 = read(out)
+    pd.testing.assert_frame_equal(c1, c2, check_exact=True)
+    pd.testing.assert_frame_equal(t1, t2, check_exact=True)
+    assert m2["resumed_from"] and m2["status"] == "ok"
+    a = torch.load(pt_run / "ckpt/step_20/state.pt", weights_only=False)["model"]
+    b = torch.load(out / "ckpt/step_20/state.pt", weights_only=False)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_hard_kill_subprocess_and_resume(tok, pt_run, tmp_path):
+    """A real process death (os._exit, no cleanup) mid-run, then `cptlaws train` again."""
+    out = tmp_path / "killed"
+    cfg_path = tmp_path / "run.json"
+    cfg_path.write_text(json.dumps(pt_cfg(tok, out)))
+    cmd = [sys.executable, "-m", "cptlaws.cli", "train", str(cfg_path)]
+    env = dict(os.environ, **{KILL_ENV: "17"})
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 137, r.stderr
+    assert (out / "ckpt" / "step_14").is_dir() and not (out / "meta.json").exists()
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    c1, t1, _ = read(pt_run)
+    c2, t2, m2 = read(out)
+    pd.testing.assert_frame_equal(c1, c2, check_exact=True)
+    pd.testing.assert_frame_equal(t1, t2, check_exact=True)
+    assert m2["resumed_from"] == [14]
+
+
+def test_resume_refuses_checkpoints_of_another_config(tok, tmp_path):
+    out = tmp_path / "r"
+    with pytest.raises(Killed):
+        train(pt_cfg(tok, out), after_step=_kill_at(8))
+    other = pt_cfg(tok, out, seed=1)
+    with pytest.raises(ConfigError, match="seed"):
+        train(other)
+    train(other, resume=False)  # --no-resume starts over
+    assert read(out)[2]["config"]["seed"] == 1
+
+
+def test_deterministic_same_seed_and_finished_run_is_not_redone(tok, pt_run, tmp_path):
+    out = tmp_path / "again"
+    train(pt_cfg(tok, out))
+    pd.testing.assert_frame_equal(read(pt_run)[0], read(out)[0], check_exact=True)
+    mtime = (out / "meta.json").stat().st_mtime_ns
+    train(pt_cfg(tok, out))
+    assert (out / "meta.json").stat().st_mtime_ns == mtime
+    out2 = tmp_path / "seed1"
+    train(pt_cfg(tok, out2, seed=1, steps=5, checkpoint={}))
+    assert not np.array_equal(read(out2)[1]["train_loss"], read(pt_run)[1]["train_loss"][:5])
+
+
+# ---------------------------------------------------------------------------------------------------- data
+@pytest.mark.parametrize("ratio,batch,expected", [(0.5, 8, 4), (0.5, 5, 3), (0.25, 6, 2), (0.1, 8, 1), (0.0, 8, 0),
+                                                  (1.0, 7, 7), (0.3, 16, 5)])
+def test_exact_mixture_share(ratio, batch, expected):
+    general = torch.arange(0, 50).reshape(-1, 1).repeat(1, 5)  # ids < 50 are general
+    domain = torch.arange(100, 123).reshape(-1, 1).repeat(1, 5)  # ids >= 100 are domain
+    s = D.MixtureSampler(general, domain, ratio, batch, seed=3)
+    assert D.n_domain_rows(ratio, batch) == expected
+    seen = {"g": [], "d": []}
+    for _ in range(40):
+        rows, nd = s.next_batch()
+        assert nd == expected and rows.shape == (batch, 5)
+        is_dom = rows[:, 0] >= 100
+        assert int(is_dom.sum()) == expected and bool(is_dom[:expected].all())
+        seen["d"] += rows[:expected, 0].tolist()
+        seen["g"] += rows[expected:, 0].tolist()
+    # epochs: every row is used once before any row repeats
+    if expected:
+        assert sorted(seen["d"][:23]) == list(range(100, 123))
+    if batch - expected:
+        assert sorted(seen["g"][:50]) == list(range(50))
+
+
+def test_sampler_cursor_resumes_the_same_stream():
+    g, d = torch.arange(37).reshape(-1, 1), torch.arange(100, 111).reshape(-1, 1)
+    a = D.MixtureSampler(g, d, 0.5, 6, seed=0)
+    for _ in range(9):
+        a.next_batch()
+    b = D.MixtureSampler(g, d, 0.5, 6, seed=0)
+    b.load_state_dict(a.state_dict())
+    for _ in range(12):
+        assert torch.equal(a.next_batch()[0], b.next_batch()[0])
+    c = D.MixtureSampler(g, d, 0.5, 6, seed=1)
+    assert not torch.equal(D.MixtureSampler(g, d, 0.5, 6, seed=0).next_batch()[0], c.next_batch()[0])
+
+
+def test_trained_batches_have_the_exact_share(tok, pt_run, tmp_path):
+    """In a real CPT run, the sampler's cursors advance by exactly n_domain / n_general rows per step."""
+    out = tmp_path / "share"
+    train(cpt_cfg(tok, out, pt_run / "ckpt" / "step_20", steps=12, checkpoint={"transfer_steps": [32]}))
+    st = torch.load(out / "ckpt/step_32/state.pt", weights_only=False)["sampler"]["streams"]
+    pt_st = torch.load(pt_run / "ckpt/step_20/state.pt", weights_only=False)["sampler"]["streams"]
+    rows = lambda s: s["epoch"] * s["n_rows"] + s["pos"]  # noqa: E731
+    assert rows(st["domain"]) == 12 * 6
+    assert rows(st["general"]) - rows(pt_st["general"]) == 12 * 2  # replay continues the PT stream
+
+
+def test_validation_rows_are_fixed():
+    rows = torch.arange(100).reshape(50, 2)
+    assert torch.equal(D.validation_rows(rows, 3, 4), rows[:12])
+    assert torch.equal(D.validation_rows(rows, 30, 4), rows)
+
+
+def test_load_rows_checks_width(tok):
+    with pytest.raises(D.DataError, match="seq_len"):
+        D.load_rows(tok / "general", "train", seq_len=16, key="data.general")
+    assert D.load_rows(tok / "general", "valid", seq_len=SEQ).shape == (32, SEQ + 1)
+
+
+# ---------------------------------------------------------------------------------------------------- config
+def _set(cfg, dotted, value):
+    *head, last = dotted.split(".")
+    d = cfg
+    for k in head:
+        d = d.setdefault(k, {})
+    if value is KeyError:
+        d.pop(last, None)
+    else:
+        d[last] = value
+
+
+BAD = [
+    ("bogus", 1, "bogus"),
+    ("steps", "100", "steps"),
+    ("steps", 0, "steps"),
+    ("batch_size", 2.5, "batch_size"),
+    ("seed", True, "seed"),
+    ("data.ratio", 1.5, "data.ratio"),
+    ("data.ratio", -0.1, "data.ratio"),
+    ("data.ratio", 0.5, "data.domain"),  # PT with a domain share but no domain data
+    ("data.general", "/nonexistent/tokens", "data.general"),
+    ("valid.code", "/nonexistent/valid", "valid.code"),
+    ("valid.train", "/tmp", "valid.train"),
+    ("schedule.peak_lr", "1e-5", "1.0e-5"),
+    ("schedule.kind", "triangle", "kind"),
+    ("schedule.warmup_steps", 500, "warmup_steps"),
+    ("schedule", KeyError, "schedule"),
+    ("optim.weight_decay", "0.1", "optim.weight_decay"),
+    ("optim.betas", [0.9], "optim.betas"),
+    ("optim.betas", [0.9, 1.0], "optim.betas[1]"),
+    ("optim.momentum", 0.9, "optim.momentum"),
+    ("model.preset", "huge", "model.preset"),
+    ("model.hidden_size", -4, "model.hidden_size"),
+    ("runtime.device", "tpu", "runtime.device"),
+    ("runtime.threads", 0, "runtime.threads"),
+    ("checkpoint.transfer_steps", [31], "checkpoint.transfer_steps[0]"),
+    ("checkpoint.every", "often", "checkpoint.every"),
+    ("run_id", "a b", "run_id"),
+    ("phase", "sft", "phase"),
+    ("init", {"checkpoint": "/tmp"}, "init"),  # init on a PT run
+]
+
+
+@pytest.mark.parametrize("key,value,needle", BAD, ids=[f"{k}={v!r}" for k, v, _ in BAD])
+def test_bad_config_names_the_key(tok, tmp_path, key, value, needle):
+    cfg = copy.deepcopy(pt_cfg(tok, tmp_path / "x"))
+    _set(cfg, key, value)
+    with pytest.raises(ValueError) as ei:
+        validate_config(cfg, "run.yaml")
+    assert needle in str(ei.value)
+    assert "run.yaml" in str(ei.value)
+
+
+def test_bad_cpt_configs_name_the_key(tok, pt_run, tmp_path):
+    base = cpt_cfg(tok, tmp_path / "c", pt_run / "ckpt" / "step_20")
+    cases = [
+        ("init.checkpoint", str(tmp_path), "init.checkpoint"),  # not a checkpoint dir
+        ("init.transfer_step", 10, "init.transfer_step"),  # checkpoint is at 20
+        ("init.pt_steps", 40, "init.pt_steps"),  # differs from the PT run
+        ("init.optimizer", "reset", "init.optimizer"),
+        ("data.ratio", KeyError, "data.ratio"),
+        ("model.preset", "tiny", "model"),  # differs from the checkpoint's model
+        ("schedule.peak_lr", "pt_end", "schedule"),  # fine: continue at the PT end LR
+    ]
+    for key, value, needle in cases:
+        cfg = copy.deepcopy(base)
+        _set(cfg, key, value)
+        if key == "schedule.peak_lr":
+            validate_config(cfg)
+            continue
+        with pytest.raises(ValueError, match=needle.replace(".", r"\.")):
+            validate_config(cfg)
+    cfg = copy.deepcopy(base)
+    del cfg["init"]
+    with pytest.raises(ConfigError, match="'init'"):
+        validate_config(cfg)
+
+
+def test_cli_reports_bad_config_in_one_line(tok, tmp_path):
+    import yaml
+
+    cfg = pt_cfg(tok, tmp_path / "o")
+    cfg["schedule"]["peak_lr"] = "1e-3"
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    from cptlaws.cli import main
+
+    assert main(["train", str(p)]) == 2
+
+
+# ---------------------------------------------------------------------------------------------------- divergence
+def test_divergence_stops_cleanly_and_keeps_the_curve(tok, tmp_path):
+    out = tmp_path / "div"
+    cfg = pt_cfg(tok, out, steps=40, eval_every=2, checkpoint={},
+                 schedule={"kind": "constant", "peak_lr": 1.0e25},
+                 optim={"grad_clip": 0.0})
+    with pytest.raises(TrainingDiverged, match="diverged at step") as ei:
+        train(cfg)
+    curve, tlog, meta = read(out)
+    assert meta["status"] == "diverged" and meta["diverged_at_step"] == ei.value.step
+    last = tlog.iloc[-1]
+    assert last["step"] == ei.value.step < 40
+    assert not (np.isfinite(last["train_loss"]) and np.isfinite(last["grad_norm"]))
+    assert np.isfinite(tlog[["train_loss", "grad_norm"]].iloc[:-1].to_numpy()).all()
+    # the curve so far is kept: every eval before the diverged step, all finite
+    assert (curve["step"] == 0).any() and (curve["step"] < ei.value.step).all()
+    assert np.isfinite(curve["loss"]).all()
+
+
+# ---------------------------------------------------------------------------------------------------- CPT finding
+def test_cpt_forgets_general_and_learns_domain(tok, tmp_path):
+    """PT on language 1, CPT on a 75 % language-2 mixture: the general loss rises from its PT value while
+    the domain loss falls (the paper's qualitative finding, on synthetic languages)."""
+    pt_out, cpt_out = tmp_path / "pt", tmp_path / "cpt"
+    train(pt_cfg(tok, pt_out, steps=60, eval_every=10, checkpoint={"transfer_steps": [60]},
+                 schedule={"kind": "constant", "peak_lr": 1.0e-2, "warmup_steps": 5}))
+    train(cpt_cfg(tok, cpt_out, pt_out / "ckpt" / "step_60", steps=40, eval_every=10, checkpoint={},
+                  schedule={"kind": "constant", "peak_lr": 1.0e-2},
+                  init={"checkpoint": str(pt_out / "ckpt" / "step_60"), "optimizer": "fresh"}))
+    pt_curve, cpt_curve = read(pt_out)[0], read(cpt_out)[0]
+    at = lambda c, s, split: c[(c.step == s) & (c.split == split)]["loss"].item()  # noqa: E731
+    g_pt, d_pt = at(pt_curve, 60, "general"), at(pt_curve, 60, "code")
+    assert at(pt_curve, 60, "general") < at(pt_curve, 0, "general") - 1.0  # PT learned language 1
+    assert at(cpt_curve, 60, "general") == g_pt
+    assert at(cpt_curve, 100, "general") > g_pt + 0.05
+    assert at(cpt_curve, 100, "code") < d_pt - 1.0
