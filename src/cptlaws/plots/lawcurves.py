@@ -1,0 +1,131 @@
+"""Evaluate a saved fit (FitResult.to_dict() JSON) along a run's exact LR history, for law overlays.
+
+Plots must not depend on the fitting engine's internals, so the schedule-aware laws drawn here (``lra``,
+``cpt``, ``replay``, ``replay_rpt``; laws.md sections 2-3) are evaluated from their closed forms on areas
+recomputed with ``cptlaws.areas`` at the fit's lambda. ``decompose`` splits a CPT-type law into its
+hidden PT curve and its distribution-shift term (the CPT paper's Fig. 3 view).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+
+from cptlaws.areas import DEFAULT_LAMBDA, Areas, compute_areas
+
+DRAWABLE_LAWS = ("lra", "cpt", "replay", "replay_rpt")
+
+# Greek spellings (laws.md) and ASCII spellings (fit JSON) both accepted.
+_ALIASES = {"α": "alpha", "β": "beta", "γ": "gamma", "ΔL": "dL"}
+
+
+class LawError(ValueError):
+    """A fit that cannot be drawn: unknown law, missing parameter. The message names the fit file."""
+
+
+def norm_params(params: Mapping[str, float]) -> dict[str, float]:
+    return {_ALIASES.get(k, k): float(v) for k, v in params.items()}
+
+
+def split_role(fit: Mapping) -> str:
+    """Which form of the replay law applies: the general (D_pt) or the domain (D_cpt) validation set."""
+    role = fit.get("split_role") or (fit.get("options") or {}).get("split_role")
+    if role:
+        return str(role)
+    return "general" if fit.get("split") == "general" else "domain"
+
+
+@dataclass(frozen=True)
+class RunSchedule:
+    """What a law needs about one run: its whole LR history (update 1..N), transfer step, ratio."""
+
+    run_id: str
+    lrs: np.ndarray
+    transfer: int | None
+    warmup_steps: int
+    ratio: float
+
+    def areas(self, lam: float) -> Areas:
+        return compute_areas(self.lrs, lam=lam, transfer=self.transfer, warmup_steps=self.warmup_steps)
+
+
+def run_schedules(runs: pd.DataFrame, lrs: pd.DataFrame) -> dict[str, RunSchedule]:
+    """One RunSchedule per run that has an LR history in ``lrs``."""
+    out = {}
+    by_run = {rid: g.sort_values("step")["lr"].to_numpy(np.float64) for rid, g in lrs.groupby("run_id", sort=False)}
+    for row in runs.itertuples(index=False):
+        rid = str(row.run_id)
+        if rid not in by_run:
+            continue
+        cpt = row.phase == "cpt"
+        transfer = int(row.transfer_step) if cpt and pd.notna(row.transfer_step) else None
+        out[rid] = RunSchedule(
+            run_id=rid,
+            lrs=by_run[rid],
+            transfer=transfer,
+            warmup_steps=_pt_warmup(row),
+            ratio=float(row.ratio) if cpt and pd.notna(row.ratio) else 0.0,
+        )
+    return out
+
+
+def _pt_warmup(row) -> int:
+    """PT warm-up steps (counted at peak in the areas, laws.md section 1) from the run's schedule_json."""
+    text = getattr(row, "schedule_json", None)
+    if not isinstance(text, str) or not text.strip():
+        return 0
+    try:
+        spec = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"runs table: run {row.run_id!r}: schedule_json is not valid JSON ({exc})") from None
+    return int(spec.get("warmup_steps", 0) or 0) if isinstance(spec, Mapping) else 0
+
+
+def _need(p: Mapping, names, fit: Mapping) -> None:
+    missing = [n for n in names if n not in p]
+    if missing:
+        raise LawError(f"fit {fit.get('_path', fit.get('law'))}: law {fit.get('law')!r} misses parameters {missing}")
+
+
+def decompose(fit: Mapping, areas: Areas, ratio: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """(hidden PT curve, distribution-shift term) of the law at every index of ``areas``; their sum is the law."""
+    law = fit.get("law")
+    if law not in DRAWABLE_LAWS:
+        raise LawError(f"fit {fit.get('_path', law)}: law {law!r} cannot be drawn (drawable: {', '.join(DRAWABLE_LAWS)})")
+    p = norm_params(fit["params"])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        S1 = areas.S1
+        power = np.where(S1 > 0, S1, np.nan) ** -p.get("alpha", np.nan)
+    if law == "lra":
+        _need(p, ("L0", "A", "alpha", "C"), fit)
+        return p["L0"] + p["A"] * power - p["C"] * areas.S2, np.zeros_like(S1)
+    _need(p, ("L0", "A", "alpha", "C1", "C2", "B", "E", "beta"), fit)
+    shift = p["B"] * (1.0 - (1.0 + p["E"] * areas.S1_cpt) ** -p["beta"])
+    c2 = p["C2"]
+    if law in ("replay", "replay_rpt"):
+        _need(p, ("a1", "a2"), fit)
+        r_cpt = float(ratio)
+        r_pt = 1.0 - r_cpt
+        general = split_role(fit) == "general"
+        # Eq. 8: the annealing factor uses r_pt for the general set and r_cpt (replay_rpt: r_pt) for the domain set.
+        r_anneal = r_pt if general or law == "replay_rpt" else r_cpt
+        c2 = c2 * np.exp(p["a1"] * r_anneal)
+        shift = shift * ((1.0 - np.exp(-p["a2"] * r_cpt)) if general else (np.exp(p["a2"] * r_cpt) - 1.0))
+    hidden = p["L0"] + p["A"] * power - p["C1"] * areas.S2_pt - c2 * areas.S2_cpt
+    return hidden, shift
+
+
+def law_curve(fit: Mapping, sched: RunSchedule, steps=None) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, predicted loss) of ``fit`` along ``sched``; every step 1..N unless ``steps`` is given."""
+    areas = sched.areas(float(fit.get("lam") or DEFAULT_LAMBDA))
+    if steps is None:
+        steps = np.arange(1, sched.lrs.size + 1)
+    steps = np.asarray(steps, dtype=np.int64)
+    if steps.size and (steps.min() < 0 or steps.max() > sched.lrs.size):
+        raise LawError(f"run {sched.run_id!r}: steps beyond its LR history ({sched.lrs.size} updates)")
+    hidden, shift = decompose(fit, areas.at(steps), sched.ratio)
+    return steps, hidden + shift
