@@ -96,7 +96,7 @@ def test_changing_a_fit_setting_changes_no_run_spec():
     s2 = load_study(cfg)
     assert {r: s1.run_json(r) for r in s1.runs} == {r: s2.run_json(r) for r in s2.runs}
     assert s1.fit_settings_json("cpt") != s2.fit_settings_json("cpt")  # n_starts is shared
-    cfg["fits"] = {"n_starts": 64, "cmr": {"eps": 0.1}}
+    cfg["fits"] = {"n_starts": 500, "cmr": {"eps": 0.1}}
     s3 = load_study(cfg)
     assert s3.fit_settings_json("cpt") == s1.fit_settings_json("cpt")  # a CMR setting does not refit the CPT law
     assert s3.fit_settings_json("cmr") != s1.fit_settings_json("cmr")

@@ -62,15 +62,15 @@ def _fit(args) -> int:
         elif "fit_quality" in e:
             print(f"{args.analysis} [{tag}]: R2 {e['fit_quality']['r2']:.4f}, mean rel. err {e['fit_quality']['mean_rel']:.4%}")
         else:
-            print(f"{args.analysis} [{tag}]: CMR {(e.get('cmr') or {}).get('cmr')}")
+            print(f"{args.analysis} [{tag}]: CMR {e.get('cmr')} ({e.get('status')})")
     return 0
 
 
 def _check(args) -> int:
     from cptlaws.study import run_checks
 
-    df = run_checks(args.tables, _settings(args.settings), args.out, cmr_json=args.cmr)
-    print(f"{int(df['passed'].sum())} of {len(df)} held-out checks passed -> {args.out}/heldout.md")
+    df = run_checks(args.tables, _settings(args.settings), args.out, cmr_summary=args.cmr)
+    print(f"{int(df['passed'].sum())} of {len(df)} held-out rows passed -> {args.out}/heldout.md")
     return 0
 
 
@@ -105,6 +105,6 @@ def register(subparsers) -> None:
     k = sub.add_parser("check", help="held-out prediction checks declared in the config")
     k.add_argument("--tables", required=True)
     k.add_argument("--settings", required=True, help="JSON with the config's 'fits' and 'checks' blocks")
-    k.add_argument("--cmr", help="cmr.json of the CMR analysis (for checks of kind cmr)")
+    k.add_argument("--cmr", help="summary/cmr.json of the CMR analysis (for checks of kind cmr)")
     k.add_argument("--out", required=True)
     k.set_defaults(func=_check)

@@ -31,7 +31,7 @@ rule fit_cpt:
     input:
         **TABLES,
     output:
-        json="results/fits/cpt.json",
+        summary="results/fits/summary/cpt.json",
         params="results/fits/cpt_params.parquet",
         pred="results/fits/cpt_predictions.parquet",
     params:
@@ -53,7 +53,7 @@ rule fit_replay:
     input:
         **TABLES,
     output:
-        json="results/fits/replay.json",
+        summary="results/fits/summary/replay.json",
         params="results/fits/replay_params.parquet",
         pred="results/fits/replay_predictions.parquet",
     params:
@@ -75,8 +75,9 @@ rule fit_cmr:
     input:
         **TABLES,
     output:
-        json="results/fits/cmr.json",
+        summary="results/fits/summary/cmr.json",
         table="results/fits/cmr.parquet",
+        increments="results/fits/cmr_increments.parquet",
     params:
         settings=STUDY.fit_settings_json("cmr"),
     log:
@@ -94,7 +95,7 @@ rule fit_cmr:
 rule check:
     input:
         **TABLES,
-        cmr="results/fits/cmr.json",
+        cmr="results/fits/summary/cmr.json",
     output:
         table="results/checks/heldout.parquet",
         md="results/checks/heldout.md",
@@ -117,7 +118,7 @@ rule check:
 rule figures:
     input:
         **TABLES,
-        fits=["results/fits/cpt.json", "results/fits/replay.json", "results/fits/cmr.json"],
+        fits=expand("results/fits/summary/{a}.json", a=("cpt", "replay", "cmr")),
         checks="results/checks/heldout.parquet",
     output:
         report(
