@@ -305,6 +305,16 @@ def test_cmr_from_curves_ratio_mapping_and_explicit_baseline():
     assert out2["cmr"]["cmr"] == pytest.approx(_analytic_cmr(30.0, math.inf, 0.2, offset=0.1)[0], abs=1e-6)
 
 
+def test_cmr_from_curves_cpt_relative_tokens_without_branch_rows():
+    df = _curves_table()
+    df = df[(df["phase"] == "cpt") & (df["tokens"] > BRANCH_TOKENS)].assign(tokens=lambda d: d["tokens"] - BRANCH_TOKENS)
+    kw = dict(domain_split="code", t_unit=T_UNIT, eps=0.2, lam=math.inf, n_prefix=0, t_origin="zero")
+    out = cmr.cmr_from_curves(df, baseline={"general": 3.0, "code": 2.5}, **kw)
+    assert out["cmr"]["cmr"] == pytest.approx(_analytic_cmr(30.0, math.inf, 0.2)[0], abs=1e-6)
+    with pytest.raises(ValueError, match="no row at the branch point"):
+        cmr.cmr_from_curves(df, **kw)  # baseline from the branch row, but there is none
+
+
 @pytest.mark.parametrize(
     "mutate, pattern",
     [

@@ -33,6 +33,8 @@ def register(subparsers) -> None:
     g.add_argument("--x", default="tokens", help="token (or step) column; T = (x - x at branch) / t-unit")
     g.add_argument("--t-unit", type=float, default=None,
                    help="x per T unit (curves: default 1; --params: tokens per unit, default 2e8 as the paper)")
+    g.add_argument("--t-origin", choices=("branch", "zero"), default="branch",
+                   help="branch: T counts from each run's first row (branch point); zero: x is already CPT tokens")
     g.add_argument("--t-max", type=float, default=None, help="token budget T_max in T units (default: shortest run)")
     g.add_argument("--eps", type=float, default=0.05, help="tolerance on the general-loss increase (nats)")
     g.add_argument("--lam", type=_float_or_inf, default=1000.0, help="Lagrange weight of the general loss ('inf' ok)")
@@ -173,6 +175,7 @@ def _run_curves(args) -> int:
         general_split=args.general_split,
         x=args.x,
         t_unit=args.t_unit if args.t_unit is not None else 1.0,
+        t_origin=args.t_origin,
         ratios=ratios,
         baseline=baseline,
         eps=args.eps,

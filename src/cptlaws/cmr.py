@@ -15,10 +15,11 @@ Pieces:
 
 Fitting method (all the power laws here): every model is linear in its amplitudes once the exponents are
 fixed, so we use variable projection. A grid over the exponents (1-D, or all pairs s2 < s3 for the
-two-term law) is solved in closed form for the amplitudes and offset, and the best grid points are then
-polished jointly with bounded ``scipy.optimize.least_squares`` (analytic Jacobian). This searches the
-exponents exhaustively instead of relying on random starts, which matters for the two-term general law
-(the terms can swap or cancel). Residuals are plain (not log) because the increments cross zero, where
+two-term law) is solved in closed form for the amplitudes and offset; the best distinct grid points are
+then refined by bounded ``scipy.optimize.least_squares`` over the exponents alone (amplitudes re-solved
+exactly at every step). This searches the exponents exhaustively instead of relying on random starts,
+which matters for the two-term general law (the terms can swap or cancel), and it does not crawl along
+the flat a -> inf, s -> 0 direction the way a joint fit of all parameters does. Residuals are plain (not log) because the increments cross zero, where
 log residuals are undefined; the eval losses are averages over many tokens, so their noise is close to
 Gaussian and least squares is the right default. A robust loss (``loss="huber"`` / ``"soft_l1"``) is
 available for curves with outliers (e.g. a spiking eval).
@@ -227,8 +228,12 @@ def fit_power_law(
 
     Exponents are searched on a grid within ``exp_bounds`` (two-term: all pairs with s_1 + min_exp_gap
     <= s_2); amplitudes and offset are solved in closed form at every grid point; the ``n_polish``
-    best grid points are refined jointly with ``least_squares`` (``loss``/``f_scale`` as in scipy).
+    best distinct grid points are refined over the exponents with ``least_squares`` (amplitudes
+    re-solved inside). A robust ``loss`` ("huber", "soft_l1", "cauchy"; residual scale ``f_scale`` as in
+    scipy) adds a joint refinement of all parameters from each least-squares solution.
     Raises FitError on too few points, non-finite data, x <= 0, or when no refinement is finite.
+    ``diagnostics``: rss, rmse, r2, n_near_best (refinements within 1 % of the best cost), at_bound
+    (exponents stuck at ``exp_bounds``), exactly_determined (as many distinct x as parameters).
     """
     if n_terms not in (1, 2):
         raise ValueError(f"{label}: n_terms must be 1 or 2, got {n_terms}")
@@ -723,7 +728,8 @@ def critical_mixture_ratio_from_fits(
                "(train larger ratios to locate it; no extrapolation)")
     else:
         status = "ok"
-        v1, v2 = tol_violation(cmr + 1e-6), switch_violation(cmr + 1e-6)
+        probe = min(cmr + 1e-7, float(R[-1]))  # just past the boundary, inside the interpolation range
+        v1, v2 = tol_violation(probe), switch_violation(probe)
         binding = "both" if (v1 > 0 and v2 > 0) else ("tolerance" if v1 > 0 else "switch_point")
         msg = f"CMR = {cmr:.4f} (limited by the {binding.replace('_', ' ')})"
     return CMRResult(float(cmr), status, msg, intervals, binding, **common)
@@ -848,6 +854,7 @@ def cmr_from_curves(
     general_split: str = "general",
     x: str = "tokens",
     t_unit: float = 1.0,
+    t_origin: str = "branch",
     ratios: Mapping[str, float] | None = None,
     baseline: str | Mapping[str, float] = "branch",
     eps: float = 0.05,
@@ -861,10 +868,13 @@ def cmr_from_curves(
 ) -> dict:
     """Full CMR analysis from a long table with columns ``run_id, ratio, <x>, split, loss``.
 
-    - ``x``: the token (or step) column; T = (x - x at the run's first row) / ``t_unit``. The first row
-      of each run (smallest x) is its branch point: with ``baseline="branch"`` its losses are L_gen0 /
-      L_dom0 of that run. Or pass ``baseline={general_split: L_gen0, domain_split: L_dom0}``; then T is
-      still measured from each run's first row, which is the branch point in the project's curves table.
+    - ``x``: the token (or step) column. ``t_origin="branch"`` (default): the first row of each run
+      (smallest x) is its branch point and T = (x - x_branch) / ``t_unit`` (the project's curves table
+      logs global tokens and starts every CPT run with its branch point). ``t_origin="zero"``: x already
+      counts CPT tokens, T = x / ``t_unit``.
+    - ``baseline="branch"``: the pre-CPT losses L_gen0 / L_dom0 of a run are its branch-point row (the
+      row at T = 0, required for both splits). Or give them: ``{general_split: L_gen0, domain_split:
+      L_dom0}`` (then no branch row is needed).
     - ``ratios``: run_id -> domain share, when the table has no ``ratio`` column (e.g. from runs.parquet).
     - If a ``phase`` column exists only ``cpt`` rows are used.
     - Runs with the same ratio (seeds) are pooled in that ratio's fits.
@@ -878,6 +888,8 @@ def cmr_from_curves(
 
     if not isinstance(df, pd.DataFrame):
         raise CMRInputError(f"{source}: expected a pandas DataFrame, got {type(df).__name__}")
+    if t_origin not in ("branch", "zero"):
+        raise CMRInputError(f"{source}: t_origin must be 'branch' or 'zero', got {t_origin!r}")
     if not (isinstance(t_unit, (int, float)) and t_unit > 0 and math.isfinite(t_unit)):
         raise CMRInputError(f"{source}: t_unit must be a positive number, got {t_unit!r}")
     need = ["run_id", x, "split", "loss"] + ([] if ratios is not None else ["ratio"])
@@ -934,13 +946,18 @@ def cmr_from_curves(
         for sp in (general_split, domain_split):
             if sp not in splits:
                 raise CMRInputError(f"{source}: run {run_id!r} has no rows for split {sp!r}")
-        x0 = float(g[x].min())
+        # T origin: the branch point (first row of the run), or x itself is already CPT-relative.
+        x0 = float(g[x].min()) if t_origin == "branch" else 0.0
         per = {}
         for sp in (general_split, domain_split):
             s = g[g["split"] == sp].sort_values(x)
-            if float(s[x].iloc[0]) != x0:
+            first = float(s[x].iloc[0])
+            if t_origin == "zero" and first < 0:
+                raise CMRInputError(f"{source}: run {run_id!r}: {x} = {first:g} < 0 with t_origin='zero' "
+                                    "(x must count CPT tokens from the branch point)")
+            if baseline == "branch" and first != x0:
                 raise CMRInputError(f"{source}: run {run_id!r}: split {sp!r} has no row at the branch point "
-                                    f"{x} = {x0:g}")
+                                    f"{x} = {x0:g} (give the pre-CPT losses with baseline=...)")
             if isinstance(baseline, Mapping):
                 if sp not in baseline:
                     raise CMRInputError(f"{source}: baseline has no loss for split {sp!r} (keys {sorted(baseline)})")
@@ -995,10 +1012,12 @@ def cmr_from_curves(
         rec = {"ratio": rv}
         for sp in (general_split, domain_split):
             vals, ts = [], []
-            for _, (r, per) in runs.items():
+            for run_id, (r, per) in runs.items():
                 if r == rv:
                     T, L, _ = per[sp]
                     m = T <= T_max * (1 + 1e-9)
+                    if not m.any():
+                        raise CMRInputError(f"{source}: run {run_id!r} has no {sp!r} point at T <= T_max = {T_max:g}")
                     vals.append(L[m][-1])
                     ts.append(T[m][-1])
             rec[sp] = float(np.mean(vals))
@@ -1052,6 +1071,7 @@ def cmr_from_curves(
 
     out = {
         "settings": {"domain_split": domain_split, "general_split": general_split, "x": x, "t_unit": t_unit,
+                     "t_origin": t_origin,
                      "eps": eps, "lam": lam, "T_max": T_max, "interp": interp, "loss": loss, "f_scale": f_scale,
                      "baseline": baseline if isinstance(baseline, str) else dict(baseline), "source": source},
         "baselines": {run_id: {sp: per[sp][2] for sp in per} for run_id, (_, per) in runs.items()},
