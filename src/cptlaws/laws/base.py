@@ -1,0 +1,99 @@
+"""Law interface shared by every law in this package.
+
+A law maps a parameter vector and precomputed per-point features (areas at the eval steps, ratios,
+model sizes) to predicted losses. Two entry points are used by the fitter:
+
+* ``predict(P, F)`` with ``P`` a dict name -> array; arrays of shape ``(S, 1)`` evaluate ``S``
+  parameter sets at once (vectorised multi-start screening) and return ``(S, n)``.
+* ``value_jac(p, F)`` with ``p`` a 1-D vector in ``params`` order, returning predictions ``(n,)`` and
+  the exact Jacobian ``(n, n_params)``.
+
+Parameters listed in ``log_params`` are strictly positive and fitted in log space.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from cptlaws.areas import compute_areas
+
+
+@dataclass
+class Features:
+    """Per-point inputs of a law, concatenated over curves (``n`` points)."""
+
+    n: int
+    cols: dict[str, np.ndarray] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return self.cols[key]
+
+
+class Law:
+    name: str = ""
+    params: tuple[str, ...] = ()
+    log_params: frozenset = frozenset()
+    uses_lambda: bool = True
+    description: str = ""
+
+    # ---- parameter space -------------------------------------------------------------------------
+    def bounds(self, y: np.ndarray) -> dict[str, tuple[float, float]]:
+        """Hard bounds (natural units) given the observed losses ``y``."""
+        raise NotImplementedError
+
+    def start_box(self, y: np.ndarray) -> dict[str, tuple[float, float]]:
+        """Range the start grid is drawn from (natural units; log-uniform for log params)."""
+        return self.bounds(y)
+
+    # ---- features / model --------------------------------------------------------------------------
+    def features(self, curves, lam: float, warmup_as_peak: bool = True) -> Features:
+        return area_features(curves, lam, warmup_as_peak)
+
+    def predict(self, P: dict[str, np.ndarray], F: Features) -> np.ndarray:
+        raise NotImplementedError
+
+    def value_jac(self, p: np.ndarray, F: Features) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def snap_start(self, name: str, values: np.ndarray) -> np.ndarray:
+        """Hook to move start values (transformed space) onto a grid that makes screening cheaper."""
+        return values
+
+    def options(self) -> dict:
+        """Constructor options, stored with a fit so ``get_law(name, **options)`` rebuilds the law."""
+        return {}
+
+    def check_curves(self, curves) -> None:
+        """Raise ValueError when a curve lacks an input this law needs (ratio, N, ...)."""
+
+    def __repr__(self) -> str:
+        return f"<law {self.name}: {', '.join(self.params)}>"
+
+
+def area_features(curves, lam: float, warmup_as_peak: bool = True) -> Features:
+    """Areas at every eval step of every curve, plus per-point ratio / N / curve index."""
+    cols: dict[str, list[np.ndarray]] = {k: [] for k in ("S1", "S2", "S1_pt", "S1_cpt", "S2_pt", "S2_cpt")}
+    idx, ratio, npar = [], [], []
+    for ci, c in enumerate(curves):
+        a = compute_areas(c.lrs, lam, c.transfer, c.warmup_steps, warmup_as_peak).at(c.steps)
+        for k in cols:
+            cols[k].append(getattr(a, k))
+        m = len(c.steps)
+        idx.append(np.full(m, ci))
+        ratio.append(np.full(m, np.nan if c.ratio is None else float(c.ratio)))
+        npar.append(np.full(m, np.nan if c.n_params is None else float(c.n_params)))
+    out = {k: np.concatenate(v) if v else np.zeros(0) for k, v in cols.items()}
+    out["curve"] = np.concatenate(idx) if idx else np.zeros(0, dtype=int)
+    out["ratio"] = np.concatenate(ratio) if ratio else np.zeros(0)
+    out["N"] = np.concatenate(npar) if npar else np.zeros(0)
+    return Features(n=len(out["S1"]), cols=out)
+
+
+def safe_pow(x: np.ndarray, e) -> np.ndarray:
+    """x**e for x > 0; +inf elsewhere so a bad start is screened out rather than crashing."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        return np.where(x > 0, np.power(np.where(x > 0, x, 1.0), e), np.inf)
