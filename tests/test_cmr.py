@@ -315,6 +315,55 @@ def test_cmr_from_curves_cpt_relative_tokens_without_branch_rows():
         cmr.cmr_from_curves(df, **kw)  # baseline from the branch row, but there is none
 
 
+# Curves from a different family (the replay-style CPT law of laws.md section 3 with the published
+# 106M parameters, constant CPT LR, x = S1_cpt): the CMR laws are only approximations here, so this
+# checks the whole method (fits, interpolation in R, root-finding) against the true CMR of the generator.
+_S1PT = 4.0
+
+
+def _replay_gen(r, x):
+    return 0.490 * ((_S1PT + x) ** -0.497 - _S1PT**-0.497) + 0.366 * (1 - (28 * x + 1) ** -0.189) * (1 - np.exp(-3 * r))
+
+
+def _replay_dom(r, x):
+    return 0.412 * ((_S1PT + x) ** -0.677 - _S1PT**-0.677) - 0.666 * (1 - (5662 * x + 1) ** -0.146) * (np.exp(0.693 * r) - 1)
+
+
+def _replay_true_cmr(T_lo, T_max, lam, eps):
+    from scipy.optimize import brentq
+
+    x = np.geomspace(T_lo, T_max, 4000)
+
+    def slope(r):  # analytic d/dx of dom / lam + gen
+        g = 0.490 * -0.497 * (_S1PT + x) ** -1.497 + 0.366 * 0.189 * 28 * (28 * x + 1) ** -1.189 * (1 - np.exp(-3 * r))
+        d = 0.412 * -0.677 * (_S1PT + x) ** -1.677 - 0.666 * 0.146 * 5662 * (5662 * x + 1) ** -1.146 * (np.exp(0.693 * r) - 1)
+        return np.min(d / lam + g)
+
+    r_tol = brentq(lambda r: _replay_gen(r, T_max) - eps, 0.0, 1.0)
+    r_sw = brentq(slope, 0.0, 1.0) if slope(1.0) > 0 else 1.0
+    return min(r_tol, r_sw)
+
+
+@pytest.mark.parametrize("eps, tolerance_from, tol", [(0.05, "increments", 0.03), (0.1, "increments", 0.03),
+                                                      (0.05, "loss_vs_ratio", 0.04), (0.1, "loss_vs_ratio", 0.04)])
+def test_cmr_from_curves_of_another_law_family_is_close_to_truth(eps, tolerance_from, tol):
+    rng = np.random.default_rng(3)
+    x = np.r_[0.0, np.geomspace(0.02, 4.0, 40)]
+    rows = []
+    for r in RATIOS:
+        g = 3.2 + _replay_gen(r, x) + np.r_[0.0, rng.normal(0, 0.002, x.size - 1)]
+        d = 2.6 + _replay_dom(r, x) + np.r_[0.0, rng.normal(0, 0.002, x.size - 1)]
+        for xi, gv, dv in zip(x, g, d):
+            rows.append(dict(run_id=f"r{r:g}", ratio=r, tokens=1e8 + xi * 1e7, split="general", loss=gv))
+            rows.append(dict(run_id=f"r{r:g}", ratio=r, tokens=1e8 + xi * 1e7, split="med", loss=dv))
+    out = cmr.cmr_from_curves(pd.DataFrame(rows), domain_split="med", t_unit=1e7, eps=eps, lam=1000.0,
+                              n_prefix=0, tolerance_from=tolerance_from)
+    truth = _replay_true_cmr(0.02, 4.0, 1000.0, eps)
+    assert 0.1 < truth < 0.9
+    assert out["cmr"]["status"] == "ok" and out["cmr"]["binding"] == "tolerance"
+    assert out["cmr"]["cmr"] == pytest.approx(truth, abs=tol)
+
+
 @pytest.mark.parametrize(
     "mutate, pattern",
     [

@@ -42,6 +42,8 @@ def register(subparsers) -> None:
                    help="pre-CPT loss of a split (repeat for both); default: each run's branch-point row")
     g.add_argument("--interp", choices=("curves", "params"), default="curves",
                    help="how per-ratio fits are interpolated in R")
+    g.add_argument("--tolerance-from", choices=("increments", "loss_vs_ratio"), default="increments",
+                   help="feasibility on dL_gen(R,T_max) interpolated (default) or on the L(R) fit (the paper)")
     g.add_argument("--loss", choices=("linear", "huber", "soft_l1", "cauchy"), default="linear",
                    help="fit loss (robust ones use --f-scale)")
     g.add_argument("--f-scale", type=float, default=1.0, help="residual scale of a robust --loss (nats)")
@@ -183,6 +185,7 @@ def _run_curves(args) -> int:
         T_max=args.t_max,
         n_prefix=args.n_prefix,
         interp=args.interp,
+        tolerance_from=args.tolerance_from,
         loss=args.loss,
         f_scale=args.f_scale,
         source=str(args.curves),

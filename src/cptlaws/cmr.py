@@ -862,6 +862,7 @@ def cmr_from_curves(
     T_max: float | None = None,
     n_prefix: int = 8,
     interp: str = "curves",
+    tolerance_from: str = "increments",
     loss: str = "linear",
     f_scale: float = 1.0,
     source: str = "curves table",
@@ -878,6 +879,9 @@ def cmr_from_curves(
     - ``ratios``: run_id -> domain share, when the table has no ``ratio`` column (e.g. from runs.parquet).
     - If a ``phase`` column exists only ``cpt`` rows are used.
     - Runs with the same ratio (seeds) are pooled in that ratio's fits.
+    - ``tolerance_from``: "increments" (default) tests dL_gen(R, T_max) <= eps on the per-ratio fits
+      interpolated in R; "loss_vs_ratio" (the paper's route) tests L_gen(R, T_max) <= L_gen0 + eps on
+      the L(R) = a*R^s + b fit of the general loss at T_max (interior ratios; L_gen0 = mean baseline).
 
     Returns a JSON-ready dict: settings, baselines, loss_vs_ratio (L(R) fit at T_max per split),
     increments (per-ratio fits), cmr (``CMRResult.to_dict``), cmr_vs_tokens (CMR at several budgets),
@@ -888,6 +892,8 @@ def cmr_from_curves(
 
     if not isinstance(df, pd.DataFrame):
         raise CMRInputError(f"{source}: expected a pandas DataFrame, got {type(df).__name__}")
+    if tolerance_from not in ("increments", "loss_vs_ratio"):
+        raise CMRInputError(f"{source}: tolerance_from must be 'increments' or 'loss_vs_ratio', got {tolerance_from!r}")
     if t_origin not in ("branch", "zero"):
         raise CMRInputError(f"{source}: t_origin must be 'branch' or 'zero', got {t_origin!r}")
     if not (isinstance(t_unit, (int, float)) and t_unit > 0 and math.isfinite(t_unit)):
@@ -990,7 +996,29 @@ def cmr_from_curves(
                 dLs.append(L[m] - l0)
         return np.concatenate(Ts), np.concatenate(dLs)
 
-    def analyse(t_cap: float, with_records: bool):
+    def losses_at(t_cap: float) -> list[dict]:
+        """Per ratio: the loss at the last eval with T <= t_cap, averaged over the ratio's runs."""
+        recs = []
+        for rv in ratio_values:
+            rec = {"ratio": rv}
+            for sp in (general_split, domain_split):
+                vals, ts = [], []
+                for run_id, (r, per) in runs.items():
+                    if r == rv:
+                        T, L, _ = per[sp]
+                        m = T <= t_cap * (1 + 1e-9)
+                        if not m.any():
+                            raise CMRInputError(f"{source}: run {run_id!r} has no {sp!r} point at T <= {t_cap:g}")
+                        vals.append(L[m][-1])
+                        ts.append(T[m][-1])
+                rec[sp] = float(np.mean(vals))
+                rec[f"T_{sp}"] = float(min(ts))
+            recs.append(rec)
+        return recs
+
+    L_gen0_mean = float(np.mean([per[general_split][2] for _, per in runs.values()]))
+
+    def analyse(t_cap: float):
         dom_fits, gen_fits, t_los = [], [], []
         for rv in ratio_values:
             Td, yd = pooled(rv, domain_split, t_cap)
@@ -1000,34 +1028,25 @@ def cmr_from_curves(
             gen_fits.append(fit_increment_general(Tg, yg, loss=loss, f_scale=f_scale, label=f"{source}: dL_gen(T) fit, ratio {rv:g}, "
                                                   f"split {general_split!r}, T <= {t_cap:g}"))
             t_los.append(float(min(Td.min(), Tg.min())))
+        gvr = None
+        if tolerance_from == "loss_vs_ratio":  # the paper's route: A from the L(R) fit of the general loss
+            recs = losses_at(t_cap)
+            gvr = fit_loss_vs_ratio([a["ratio"] for a in recs], [a[general_split] for a in recs], loss=loss,
+                                    f_scale=f_scale, label=f"{source}: L(R) fit, split {general_split!r}, "
+                                    f"T <= {t_cap:g}")
         res = critical_mixture_ratio_from_fits(ratio_values, dom_fits, gen_fits, T_max=t_cap, T_lo=max(t_los),
-                                               eps=eps, lam=lam, interp=interp)
+                                               eps=eps, lam=lam, interp=interp, gen_vs_ratio=gvr,
+                                               L_gen0=L_gen0_mean if gvr is not None else None)
         return dom_fits, gen_fits, res
 
-    dom_fits, gen_fits, result = analyse(T_max, True)
+    dom_fits, gen_fits, result = analyse(T_max)
 
-    # Losses at T_max per ratio (last eval with T <= T_max, averaged over runs) and L(R) fits.
-    at_tmax = []
-    for rv in ratio_values:
-        rec = {"ratio": rv}
-        for sp in (general_split, domain_split):
-            vals, ts = [], []
-            for run_id, (r, per) in runs.items():
-                if r == rv:
-                    T, L, _ = per[sp]
-                    m = T <= T_max * (1 + 1e-9)
-                    if not m.any():
-                        raise CMRInputError(f"{source}: run {run_id!r} has no {sp!r} point at T <= T_max = {T_max:g}")
-                    vals.append(L[m][-1])
-                    ts.append(T[m][-1])
-            rec[sp] = float(np.mean(vals))
-            rec[f"T_{sp}"] = float(min(ts))
-        at_tmax.append(rec)
+    at_tmax = losses_at(T_max)
     loss_vs_ratio = {}
     for sp in (general_split, domain_split):
         try:
-            f = fit_loss_vs_ratio([a["ratio"] for a in at_tmax], [a[sp] for a in at_tmax],
-                                  label=f"{source}: L(R) fit, split {sp!r}")
+            f = fit_loss_vs_ratio([a["ratio"] for a in at_tmax], [a[sp] for a in at_tmax], loss=loss,
+                                  f_scale=f_scale, label=f"{source}: L(R) fit, split {sp!r}")
             loss_vs_ratio[sp] = f.to_dict()
         except FitError as exc:
             loss_vs_ratio[sp] = {"error": str(exc)}
@@ -1042,7 +1061,7 @@ def cmr_from_curves(
         budgets = sorted({float(cands[np.argmin(np.abs(np.log(cands) - np.log(p)))]) for p in picks})
         for b in budgets:
             try:
-                _, _, rb = analyse(b, False)
+                _, _, rb = analyse(b)
                 vs_tokens.append({"T_max": b, "tokens": b * t_unit, "cmr": rb.cmr, "status": rb.status,
                                   "binding": rb.binding})
             except (FitError, ValueError) as exc:
@@ -1072,7 +1091,8 @@ def cmr_from_curves(
     out = {
         "settings": {"domain_split": domain_split, "general_split": general_split, "x": x, "t_unit": t_unit,
                      "t_origin": t_origin,
-                     "eps": eps, "lam": lam, "T_max": T_max, "interp": interp, "loss": loss, "f_scale": f_scale,
+                     "eps": eps, "lam": lam, "T_max": T_max, "interp": interp, "tolerance_from": tolerance_from,
+                     "loss": loss, "f_scale": f_scale,
                      "baseline": baseline if isinstance(baseline, str) else dict(baseline), "source": source},
         "baselines": {run_id: {sp: per[sp][2] for sp in per} for run_id, (_, per) in runs.items()},
         "ratios": ratio_values,
