@@ -143,17 +143,36 @@ class Study:
     def corpus_source(self, name: str) -> str:
         return self.config["corpora"][name].get("source", name)
 
-    def corpus_args(self, name: str) -> str:
-        return self.config["corpora"][name].get("args", "")
+    def corpus_hub(self, name: str) -> str | None:
+        return self.config["corpora"][name].get("hub")
+
+    def fetch_args(self, name: str) -> str:
+        spec = self.config["corpora"][name]
+        args = [f"--max-mb {spec['max_mb']}"] if "max_mb" in spec else []
+        return " ".join(args + [spec.get("args", "")]).strip()
+
+    def tokenize_source_args(self, name: str) -> str:
+        """`cptlaws tokenize` source arguments: the fetched corpus dir, or the hub stream."""
+        spec = self.config["corpora"][name]
+        if "hub" in spec:
+            args = [f"--hub {spec['hub']}"]
+            if "token_budget" in spec:
+                args.append(f"--token-budget {spec['token_budget']:g}")
+        else:
+            args = [f"--corpus {self.corpus_dir(name)}"]
+        return " ".join(args + [spec.get("tokenize_args", "")]).strip()
+
+    def corpus_dir(self, name: str) -> str:
+        return f"{self.resources_dir}/corpora/{name}"
 
     @property
-    def tokenizer_corpora(self) -> list[str]:
-        return list(self.config["tokenizer"].get("corpora") or self.corpora)
+    def tokenizer_corpus(self) -> str:
+        return self.config["tokenizer"].get("corpus") or self.config["general"]
 
     @property
     def tokenizer_path(self) -> str:
         tok = self.config["tokenizer"]
-        return tok.get("path") or f"{self.resources_dir}/tokenizer/bpe{tok['vocab']}/tokenizer.json"
+        return tok.get("path") or f"{self.resources_dir}/tokenizer/{tok['kind']}{tok['vocab']}/tokenizer.json"
 
     def token_dir(self, corpus: str) -> str:
         return f"{self.resources_dir}/tokens/{corpus}"
@@ -246,9 +265,19 @@ def _semantic_checks(cfg: dict) -> None:
     if cfg["general"] not in corpora:
         raise ConfigError(f"config key 'general': corpus {cfg['general']!r} is not defined in 'corpora' ({', '.join(corpora)})")
     tok = cfg["tokenizer"]
-    if "corpora" in tok:
-        _names(tok["corpora"], corpora, "tokenizer.corpora", "corpus")
-        _dup_check(tok["corpora"], "tokenizer.corpora")
+    if "corpus" in tok:
+        _names([tok["corpus"]], corpora, "tokenizer.corpus", "corpus")
+    tok_corpus = tok.get("corpus", cfg["general"])
+    if "path" not in tok and tok["kind"] == "bpe" and "hub" in corpora[tok_corpus]:
+        raise ConfigError(
+            f"config key 'tokenizer.corpus': {tok_corpus!r} is a hub corpus; the BPE trains on a fetched corpus "
+            "(name a local one) or give 'tokenizer.path'"
+        )
+    for name, spec in corpora.items():
+        if "hub" in spec and ("source" in spec or "max_mb" in spec or spec.get("args")):
+            raise ConfigError(f"config key 'corpora.{name}': a hub corpus is streamed by tokenize; 'source', 'max_mb' and 'args' are for fetched corpora")
+        if "token_budget" in spec and "hub" not in spec:
+            raise ConfigError(f"config key 'corpora.{name}.token_budget': only used with 'hub'")
     pt_steps = cfg["pt"]["steps"]
     for name, spec in cfg["pt"]["schedules"].items():
         s = _sched(spec, pt_steps, f"pt.schedules.{name}")

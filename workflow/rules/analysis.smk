@@ -8,19 +8,23 @@ TABLES = {
 
 rule collect:
     input:
-        expand("results/runs/{run}/{f}", run=list(STUDY.runs), f=("meta.json", "curve.parquet", "run.json")),
+        expand(
+            "results/runs/{run}/{f}",
+            run=list(STUDY.runs),
+            f=("meta.json", "curve.parquet", "run.json"),
+        ),
     output:
         **TABLES,
-    params:
-        runs=" ".join(RUN_DIRS),
-        lam=STUDY.config["fits"]["lam"],
     log:
         "logs/collect.log",
+    conda:
+        "../../envs/cptlaws.yaml"
     resources:
         mem_mb=RES["fit"]["mem_mb"],
         runtime=RES["fit"]["runtime"],
-    conda:
-        "../../envs/cptlaws.yaml"
+    params:
+        runs=" ".join(RUN_DIRS),
+        lam=STUDY.config["fits"]["lam"],
     shell:
         "cptlaws study collect --runs {params.runs} --lam {params.lam} "
         "--out results/tables > {log} 2>&1"
@@ -34,16 +38,16 @@ rule fit_cpt:
         summary="results/fits/summary/cpt.json",
         params="results/fits/cpt_params.parquet",
         pred="results/fits/cpt_predictions.parquet",
-    params:
-        settings=STUDY.fit_settings_json("cpt"),
     log:
         "logs/fit_cpt.log",
+    conda:
+        "../../envs/cptlaws.yaml"
     threads: RES["fit"]["threads"]
     resources:
         mem_mb=RES["fit"]["mem_mb"],
         runtime=RES["fit"]["runtime"],
-    conda:
-        "../../envs/cptlaws.yaml"
+    params:
+        settings=STUDY.fit_settings_json("cpt"),
     shell:
         "cptlaws study fit cpt --tables results/tables --settings {params.settings:q} "
         "--out results/fits > {log} 2>&1"
@@ -56,16 +60,16 @@ rule fit_replay:
         summary="results/fits/summary/replay.json",
         params="results/fits/replay_params.parquet",
         pred="results/fits/replay_predictions.parquet",
-    params:
-        settings=STUDY.fit_settings_json("replay"),
     log:
         "logs/fit_replay.log",
+    conda:
+        "../../envs/cptlaws.yaml"
     threads: RES["fit"]["threads"]
     resources:
         mem_mb=RES["fit"]["mem_mb"],
         runtime=RES["fit"]["runtime"],
-    conda:
-        "../../envs/cptlaws.yaml"
+    params:
+        settings=STUDY.fit_settings_json("replay"),
     shell:
         "cptlaws study fit replay --tables results/tables --settings {params.settings:q} "
         "--out results/fits > {log} 2>&1"
@@ -78,15 +82,15 @@ rule fit_cmr:
         summary="results/fits/summary/cmr.json",
         table="results/fits/cmr.parquet",
         increments="results/fits/cmr_increments.parquet",
-    params:
-        settings=STUDY.fit_settings_json("cmr"),
     log:
         "logs/fit_cmr.log",
+    conda:
+        "../../envs/cptlaws.yaml"
     resources:
         mem_mb=RES["fit"]["mem_mb"],
         runtime=RES["fit"]["runtime"],
-    conda:
-        "../../envs/cptlaws.yaml"
+    params:
+        settings=STUDY.fit_settings_json("cmr"),
     shell:
         "cptlaws study fit cmr --tables results/tables --settings {params.settings:q} "
         "--out results/fits > {log} 2>&1"
@@ -100,16 +104,16 @@ rule check:
         table="results/checks/heldout.parquet",
         md="results/checks/heldout.md",
         pred="results/checks/predictions.parquet",
-    params:
-        settings=STUDY.settings_json("fits", "checks"),
     log:
         "logs/check.log",
+    conda:
+        "../../envs/cptlaws.yaml"
     threads: RES["fit"]["threads"]
     resources:
         mem_mb=RES["fit"]["mem_mb"],
         runtime=RES["fit"]["runtime"],
-    conda:
-        "../../envs/cptlaws.yaml"
+    params:
+        settings=STUDY.settings_json("fits", "checks"),
     shell:
         "cptlaws study check --tables results/tables --settings {params.settings:q} "
         "--cmr {input.cmr} --out results/checks > {log} 2>&1"
@@ -129,11 +133,11 @@ rule figures:
         ),
     log:
         "logs/figures.log",
+    conda:
+        "../../envs/cptlaws.yaml"
     resources:
         mem_mb=RES["default"]["mem_mb"],
         runtime=RES["default"]["runtime"],
-    conda:
-        "../../envs/cptlaws.yaml"
     shell:
         "cptlaws plot all --tables results/tables --fits results/fits --checks results/checks "
         "--out {output} > {log} 2>&1"
