@@ -72,8 +72,9 @@ class _Problem:
         self.is_log = np.array([self.names[i] in law.log_params for i in self.free])
         lo = np.array([bounds[self.names[i]][0] for i in self.free], float)
         hi = np.array([bounds[self.names[i]][1] for i in self.free], float)
-        self.lo = np.where(self.is_log, np.log(np.maximum(lo, 1e-300)), lo)
-        self.hi = np.where(self.is_log, np.log(hi), hi)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            self.lo = np.where(self.is_log, np.log(np.maximum(lo, 1e-300)), lo)
+            self.hi = np.where(self.is_log, np.log(np.abs(hi)), hi)
         self.scale = 1.0 / delta**2
 
     def to_params(self, u: np.ndarray) -> np.ndarray:
@@ -144,8 +145,9 @@ def _multistart(prob: _Problem, law: Law, y, n_starts: int, n_refine: int, rng, 
     box = law.start_box(y)
     lo = np.array([box[prob.names[i]][0] for i in prob.free], float)
     hi = np.array([box[prob.names[i]][1] for i in prob.free], float)
-    lo = np.where(prob.is_log, np.log(lo), lo)
-    hi = np.where(prob.is_log, np.log(hi), hi)
+    with np.errstate(invalid="ignore", divide="ignore"):  # log only used where is_log (positive)
+        lo = np.where(prob.is_log, np.log(np.abs(lo)), lo)
+        hi = np.where(prob.is_log, np.log(np.abs(hi)), hi)
     lo, hi = np.maximum(lo, prob.lo), np.minimum(hi, prob.hi)
     k = len(prob.free)
     U = lo + (hi - lo) * qmc.LatinHypercube(d=k, seed=rng).random(max(n_starts, 1)) if k else np.zeros((1, 0))
@@ -226,8 +228,12 @@ class FitResult:
             else:
                 sims = np.array([np.concatenate(self.predict_arrays(curves, bp)) for bp in self.bootstrap_params])
                 q = (1 - level) / 2
-                df["pred_lo"] = np.nanquantile(sims, q, axis=0)
-                df["pred_hi"] = np.nanquantile(sims, 1 - q, axis=0)
+                lo = np.full(sims.shape[1], np.nan)
+                hi = lo.copy()
+                ok = np.isfinite(sims).any(axis=0)  # undefined points (step 0) stay NaN
+                lo[ok] = np.nanquantile(sims[:, ok], q, axis=0)
+                hi[ok] = np.nanquantile(sims[:, ok], 1 - q, axis=0)
+                df["pred_lo"], df["pred_hi"] = lo, hi
         return df
 
     def to_dict(self) -> dict:

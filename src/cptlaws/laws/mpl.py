@@ -8,8 +8,10 @@ S1 counts the warm-up as the area option says (the paper's S_W), and the decreme
 the warm-up. The public implementation loops over every step t and every k <= t (O(T^2)); here
 S_k(t) comes from the prefix sum S1, and the sum is evaluated only at the eval steps, so one curve
 costs O(T) per eval point. Consecutive decrements of the same sign are merged into blocks of at
-most ``block`` steps that never straddle an eval step (block=1 is exact; the default 16 changes
-the loss by < 1e-6 on smooth schedules, see tests) so multi-start fits stay fast.
+most ``block`` steps that never straddle an eval step, each evaluated at its decrement-weighted
+mean S1 and log-LR (a midpoint rule). block=1 is exact; the default 8 changes the loss by < 1e-5 on
+the benchmark schedules (16: 2e-5, 32: 6e-5; measured against block=1 with fitted parameters) and
+makes multi-start fits ~8x cheaper.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ class MPLLaw(Law):
     uses_lambda = False
     description = "multi-power law (Luo et al. 2503.12811), evaluated with prefix sums"
 
-    def __init__(self, block: int = 16):
+    def __init__(self, block: int = 8):
         if int(block) < 1:
             raise ValueError(f"law 'mpl': block = {block!r} must be >= 1")
         self.block = int(block)
