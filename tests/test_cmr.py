@@ -17,9 +17,7 @@ from cptlaws import cli, cmr
 # ---------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "size, expected_pct", [("460M", 29.8), ("940M", 34.9), ("1.6B", 41.4), ("3.1B", 47.8)]
-)
+@pytest.mark.parametrize("size, expected_pct", [("460M", 29.8), ("940M", 34.9), ("1.6B", 41.4), ("3.1B", 47.8)])
 def test_paper_cmr_laws_at_T100(size, expected_pct):
     params = cmr.PAPER_CMR_LAWS[size]
     r = cmr.cmr_scaling_law(params, 100.0)
@@ -195,8 +193,9 @@ def test_cmr_feasibility_from_general_loss_vs_ratio_fit():
     L_gen0 = 3.0
     # L_gen(R, T_max) = L_gen0 + 0.25 * R^1 - 0.05  ->  A = {R <= 0.4} at eps = 0.05
     gvr = {"a": 0.25, "s": 1.0, "b": L_gen0 - 0.05}
-    res = cmr.critical_mixture_ratio(RATIOS, T_GRID, G, D, eps=0.05, lam=math.inf, T_max=30.0,
-                                     gen_vs_ratio=gvr, L_gen0=L_gen0)
+    res = cmr.critical_mixture_ratio(
+        RATIOS, T_GRID, G, D, eps=0.05, lam=math.inf, T_max=30.0, gen_vs_ratio=gvr, L_gen0=L_gen0
+    )
     assert res.cmr == pytest.approx(0.4, abs=1e-8)
     assert res.binding == "tolerance" and res.feasibility_from == "L_gen(R) fit"
     with pytest.raises(ValueError, match="L_gen0"):
@@ -296,18 +295,36 @@ def test_cmr_from_curves_ratio_mapping_and_explicit_baseline():
     df = _curves_table().drop(columns=["ratio"])
     runs = {f"cpt-r{r:g}-s0": float(r) for r in RATIOS}
     runs["pt"] = 0.0
-    out = cmr.cmr_from_curves(df, domain_split="code", t_unit=T_UNIT, eps=0.2, lam=math.inf, n_prefix=0,
-                              ratios=runs, baseline={"general": 3.0, "code": 2.5})
+    out = cmr.cmr_from_curves(
+        df,
+        domain_split="code",
+        t_unit=T_UNIT,
+        eps=0.2,
+        lam=math.inf,
+        n_prefix=0,
+        ratios=runs,
+        baseline={"general": 3.0, "code": 2.5},
+    )
     assert out["cmr"]["cmr"] == pytest.approx(_analytic_cmr(30.0, math.inf, 0.2)[0], abs=1e-6)
     # a worse explicit general baseline (lower L_gen0) shifts every increment up by 0.1 nats
-    out2 = cmr.cmr_from_curves(df, domain_split="code", t_unit=T_UNIT, eps=0.2, lam=math.inf, n_prefix=0,
-                               ratios=runs, baseline={"general": 2.9, "code": 2.5})
+    out2 = cmr.cmr_from_curves(
+        df,
+        domain_split="code",
+        t_unit=T_UNIT,
+        eps=0.2,
+        lam=math.inf,
+        n_prefix=0,
+        ratios=runs,
+        baseline={"general": 2.9, "code": 2.5},
+    )
     assert out2["cmr"]["cmr"] == pytest.approx(_analytic_cmr(30.0, math.inf, 0.2, offset=0.1)[0], abs=1e-6)
 
 
 def test_cmr_from_curves_cpt_relative_tokens_without_branch_rows():
     df = _curves_table()
-    df = df[(df["phase"] == "cpt") & (df["tokens"] > BRANCH_TOKENS)].assign(tokens=lambda d: d["tokens"] - BRANCH_TOKENS)
+    df = df[(df["phase"] == "cpt") & (df["tokens"] > BRANCH_TOKENS)].assign(
+        tokens=lambda d: d["tokens"] - BRANCH_TOKENS
+    )
     kw = dict(domain_split="code", t_unit=T_UNIT, eps=0.2, lam=math.inf, n_prefix=0, t_origin="zero")
     out = cmr.cmr_from_curves(df, baseline={"general": 3.0, "code": 2.5}, **kw)
     assert out["cmr"]["cmr"] == pytest.approx(_analytic_cmr(30.0, math.inf, 0.2)[0], abs=1e-6)
@@ -326,7 +343,9 @@ def _replay_gen(r, x):
 
 
 def _replay_dom(r, x):
-    return 0.412 * ((_S1PT + x) ** -0.677 - _S1PT**-0.677) - 0.666 * (1 - (5662 * x + 1) ** -0.146) * (np.exp(0.693 * r) - 1)
+    return 0.412 * ((_S1PT + x) ** -0.677 - _S1PT**-0.677) - 0.666 * (1 - (5662 * x + 1) ** -0.146) * (
+        np.exp(0.693 * r) - 1
+    )
 
 
 def _replay_true_cmr(T_lo, T_max, lam, eps):
@@ -336,7 +355,9 @@ def _replay_true_cmr(T_lo, T_max, lam, eps):
 
     def slope(r):  # analytic d/dx of dom / lam + gen
         g = 0.490 * -0.497 * (_S1PT + x) ** -1.497 + 0.366 * 0.189 * 28 * (28 * x + 1) ** -1.189 * (1 - np.exp(-3 * r))
-        d = 0.412 * -0.677 * (_S1PT + x) ** -1.677 - 0.666 * 0.146 * 5662 * (5662 * x + 1) ** -1.146 * (np.exp(0.693 * r) - 1)
+        d = 0.412 * -0.677 * (_S1PT + x) ** -1.677 - 0.666 * 0.146 * 5662 * (5662 * x + 1) ** -1.146 * (
+            np.exp(0.693 * r) - 1
+        )
         return np.min(d / lam + g)
 
     r_tol = brentq(lambda r: _replay_gen(r, T_max) - eps, 0.0, 1.0)
@@ -344,8 +365,15 @@ def _replay_true_cmr(T_lo, T_max, lam, eps):
     return min(r_tol, r_sw)
 
 
-@pytest.mark.parametrize("eps, tolerance_from, tol", [(0.05, "increments", 0.03), (0.1, "increments", 0.03),
-                                                      (0.05, "loss_vs_ratio", 0.04), (0.1, "loss_vs_ratio", 0.04)])
+@pytest.mark.parametrize(
+    "eps, tolerance_from, tol",
+    [
+        (0.05, "increments", 0.03),
+        (0.1, "increments", 0.03),
+        (0.05, "loss_vs_ratio", 0.04),
+        (0.1, "loss_vs_ratio", 0.04),
+    ],
+)
 def test_cmr_from_curves_of_another_law_family_is_close_to_truth(eps, tolerance_from, tol):
     rng = np.random.default_rng(3)
     x = np.r_[0.0, np.geomspace(0.02, 4.0, 40)]
@@ -356,8 +384,15 @@ def test_cmr_from_curves_of_another_law_family_is_close_to_truth(eps, tolerance_
         for xi, gv, dv in zip(x, g, d):
             rows.append(dict(run_id=f"r{r:g}", ratio=r, tokens=1e8 + xi * 1e7, split="general", loss=gv))
             rows.append(dict(run_id=f"r{r:g}", ratio=r, tokens=1e8 + xi * 1e7, split="med", loss=dv))
-    out = cmr.cmr_from_curves(pd.DataFrame(rows), domain_split="med", t_unit=1e7, eps=eps, lam=1000.0,
-                              n_prefix=0, tolerance_from=tolerance_from)
+    out = cmr.cmr_from_curves(
+        pd.DataFrame(rows),
+        domain_split="med",
+        t_unit=1e7,
+        eps=eps,
+        lam=1000.0,
+        n_prefix=0,
+        tolerance_from=tolerance_from,
+    )
     truth = _replay_true_cmr(0.02, 4.0, 1000.0, eps)
     assert 0.1 < truth < 0.9
     assert out["cmr"]["status"] == "ok" and out["cmr"]["binding"] == "tolerance"
@@ -369,11 +404,17 @@ def test_cmr_from_curves_of_another_law_family_is_close_to_truth(eps, tolerance_
     [
         (lambda d: d.drop(columns=["loss"]), r"missing column\(s\) \['loss'\]"),
         (lambda d: d.drop(columns=["ratio"]), r"ratio.*runs.parquet"),
-        (lambda d: d.assign(loss=d["loss"].where(d.index != 40, np.nan)), r"row 40 \(run 'cpt-r0.1-s0'\): column 'loss'"),
+        (
+            lambda d: d.assign(loss=d["loss"].where(d.index != 40, np.nan)),
+            r"row 40 \(run 'cpt-r0.1-s0'\): column 'loss'",
+        ),
         (lambda d: d.assign(loss=d["loss"].where(d.index != 42, -1.0)), r"row 42 .*loss = -1.0 must be > 0"),
         (lambda d: d.assign(ratio=d["ratio"].where(d.index != 3, 1.2)), r"row 3 .*ratio = 1.2"),
         (lambda d: pd.concat([d, d.iloc[[4]]], ignore_index=True), r"duplicate \(tokens, split\)"),
-        (lambda d: d[~((d["run_id"] == "cpt-r0.5-s0") & (d["split"] == "code"))], r"run 'cpt-r0.5-s0' has no rows for split 'code'"),
+        (
+            lambda d: d[~((d["run_id"] == "cpt-r0.5-s0") & (d["split"] == "code"))],
+            r"run 'cpt-r0.5-s0' has no rows for split 'code'",
+        ),
         (lambda d: d.assign(split=d["split"].replace("code", "math")), r"no rows with split == 'code'"),
         (lambda d: d[d["ratio"] == 0.5], r">= 2 distinct ratios"),
     ],
@@ -413,8 +454,26 @@ def test_cli_curves(tmp_path, capsys):
     df.groupby("run_id", as_index=False)["ratio"].first().to_parquet(runs)
     out = tmp_path / "cmr.json"
     table = tmp_path / "inc.parquet"
-    args = ["cmr", str(curves), "--ratios", str(runs), "--domain-split", "code", "--t-unit", "1e6",
-            "--eps", "0.2", "--lam", "inf", "--n-prefix", "0", "--out", str(out), "--table-out", str(table)]
+    args = [
+        "cmr",
+        str(curves),
+        "--ratios",
+        str(runs),
+        "--domain-split",
+        "code",
+        "--t-unit",
+        "1e6",
+        "--eps",
+        "0.2",
+        "--lam",
+        "inf",
+        "--n-prefix",
+        "0",
+        "--out",
+        str(out),
+        "--table-out",
+        str(table),
+    ]
     assert cli.main(args) == 0
     data = json.loads(out.read_text())
     assert data["cmr"]["cmr"] == pytest.approx(_analytic_cmr(30.0, math.inf, 0.2)[0], abs=1e-6)

@@ -31,28 +31,54 @@ def register(subparsers) -> None:
     g.add_argument("--general-split", default="general", help="split name of the general validation loss")
     g.add_argument("--ratios", help="table with run_id, ratio (e.g. runs.parquet) when the curves lack a ratio column")
     g.add_argument("--x", default="tokens", help="token (or step) column; T = (x - x at branch) / t-unit")
-    g.add_argument("--t-unit", type=float, default=None,
-                   help="x per T unit (curves: default 1; --params: tokens per unit, default 2e8 as the paper)")
-    g.add_argument("--t-origin", choices=("branch", "zero"), default="branch",
-                   help="branch: T counts from each run's first row (branch point); zero: x is already CPT tokens")
+    g.add_argument(
+        "--t-unit",
+        type=float,
+        default=None,
+        help="x per T unit (curves: default 1; --params: tokens per unit, default 2e8 as the paper)",
+    )
+    g.add_argument(
+        "--t-origin",
+        choices=("branch", "zero"),
+        default="branch",
+        help="branch: T counts from each run's first row (branch point); zero: x is already CPT tokens",
+    )
     g.add_argument("--t-max", type=float, default=None, help="token budget T_max in T units (default: shortest run)")
     g.add_argument("--eps", type=float, default=0.05, help="tolerance on the general-loss increase (nats)")
     g.add_argument("--lam", type=_float_or_inf, default=1000.0, help="Lagrange weight of the general loss ('inf' ok)")
-    g.add_argument("--baseline", action="append", default=[], metavar="SPLIT=LOSS",
-                   help="pre-CPT loss of a split (repeat for both); default: each run's branch-point row")
-    g.add_argument("--interp", choices=("curves", "params"), default="curves",
-                   help="how per-ratio fits are interpolated in R")
-    g.add_argument("--tolerance-from", choices=("increments", "loss_vs_ratio"), default="increments",
-                   help="feasibility on dL_gen(R,T_max) interpolated (default) or on the L(R) fit (the paper)")
-    g.add_argument("--loss", choices=("linear", "huber", "soft_l1", "cauchy"), default="linear",
-                   help="fit loss (robust ones use --f-scale)")
+    g.add_argument(
+        "--baseline",
+        action="append",
+        default=[],
+        metavar="SPLIT=LOSS",
+        help="pre-CPT loss of a split (repeat for both); default: each run's branch-point row",
+    )
+    g.add_argument(
+        "--interp", choices=("curves", "params"), default="curves", help="how per-ratio fits are interpolated in R"
+    )
+    g.add_argument(
+        "--tolerance-from",
+        choices=("increments", "loss_vs_ratio"),
+        default="increments",
+        help="feasibility on dL_gen(R,T_max) interpolated (default) or on the L(R) fit (the paper)",
+    )
+    g.add_argument(
+        "--loss",
+        choices=("linear", "huber", "soft_l1", "cauchy"),
+        default="linear",
+        help="fit loss (robust ones use --f-scale)",
+    )
     g.add_argument("--f-scale", type=float, default=1.0, help="residual scale of a robust --loss (nats)")
     g.add_argument("--n-prefix", type=int, default=8, help="token budgets for CMR vs tokens and the CMR law (0: off)")
     g.add_argument("--table-out", help="write per-point increments and fits here (.parquet or .csv)")
     h = p.add_argument_group("from CMR-law parameters")
-    h.add_argument("--params", nargs="+", metavar="A4,S4,B3",
-                   help="a4,s4,b3 of R_CMR(T) = a4*T^s4 + b3 (with negative values: --params=a4,s4,b3 "
-                        "or three separate numbers)")
+    h.add_argument(
+        "--params",
+        nargs="+",
+        metavar="A4,S4,B3",
+        help="a4,s4,b3 of R_CMR(T) = a4*T^s4 + b3 (with negative values: --params=a4,s4,b3 "
+        "or three separate numbers)",
+    )
     h.add_argument("--T", type=float, nargs="+", help="budget(s) in T units")
     h.add_argument("--tokens", type=float, nargs="+", help="budget(s) in tokens (converted with --t-unit)")
     p.add_argument("--out", help="write the JSON result here (default: stdout)")

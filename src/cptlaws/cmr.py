@@ -19,9 +19,9 @@ two-term law) is solved in closed form for the amplitudes and offset; the best d
 then refined by bounded ``scipy.optimize.least_squares`` over the exponents alone (amplitudes re-solved
 exactly at every step). This searches the exponents exhaustively instead of relying on random starts,
 which matters for the two-term general law (the terms can swap or cancel), and it does not crawl along
-the flat a -> inf, s -> 0 direction the way a joint fit of all parameters does. Residuals are plain (not log) because the increments cross zero, where
-log residuals are undefined; the eval losses are averages over many tokens, so their noise is close to
-Gaussian and least squares is the right default. A robust loss (``loss="huber"`` / ``"soft_l1"``) is
+the flat a -> inf, s -> 0 direction the way a joint fit of all parameters does. Residuals are plain
+(not log) because the increments cross zero, where log residuals are undefined; the eval losses are
+averages over many tokens, so their noise is close to Gaussian and least squares is the right default. A robust loss (``loss="huber"`` / ``"soft_l1"``) is
 available for curves with outliers (e.g. a spiking eval).
 """
 
@@ -319,17 +319,36 @@ def fit_power_law(
         try:
             # Variable projection: optimise the exponents only, amplitudes solved exactly inside. This avoids
             # the slow crawl of a joint fit along the flat a->inf, s->0 (log-law) direction.
-            pr = least_squares(projected, combos[g], bounds=(np.full(n_terms, lo), np.full(n_terms, hi)),
-                               method="trf", max_nfev=200, ftol=1e-12, xtol=1e-12, gtol=1e-12)
+            pr = least_squares(
+                projected,
+                combos[g],
+                bounds=(np.full(n_terms, lo), np.full(n_terms, hi)),
+                method="trf",
+                max_nfev=200,
+                ftol=1e-12,
+                xtol=1e-12,
+                gtol=1e-12,
+            )
             _, c = amplitudes(pr.x)
             theta0 = np.r_[c[:n_terms], pr.x, c[-1]]
             if loss == "linear":
                 res = pr
                 res.x = theta0
             else:  # robust loss: joint refinement from the least-squares solution
-                res = least_squares(fun, theta0, jac=jac, bounds=(lb, ub), loss=loss, f_scale=f_scale,
-                                    x_scale="jac", method="trf", max_nfev=200,
-                                    ftol=1e-10, xtol=1e-10, gtol=1e-10)
+                res = least_squares(
+                    fun,
+                    theta0,
+                    jac=jac,
+                    bounds=(lb, ub),
+                    loss=loss,
+                    f_scale=f_scale,
+                    x_scale="jac",
+                    method="trf",
+                    max_nfev=200,
+                    ftol=1e-10,
+                    xtol=1e-10,
+                    gtol=1e-10,
+                )
         except (ValueError, np.linalg.LinAlgError):
             continue
         if np.all(np.isfinite(res.x)) and np.isfinite(res.cost):
@@ -366,8 +385,9 @@ def fit_power_law(
     }
     if not np.all(np.isfinite(amps)):
         raise FitError(f"{label}: fitted amplitudes are not finite ({amps})")
-    return PowerFit(terms, offset_name, tuple(map(float, amps)), tuple(map(float, exps)),
-                    float(theta[-1]), x_name, diagnostics)
+    return PowerFit(
+        terms, offset_name, tuple(map(float, amps)), tuple(map(float, exps)), float(theta[-1]), x_name, diagnostics
+    )
 
 
 def fit_loss_vs_ratio(
@@ -397,25 +417,65 @@ def fit_loss_vs_ratio(
     if bad.size:
         raise FitError(f"{label}: loss[{bad[0]}] = {La[bad[0]]} must be a finite positive loss")
     use = (Ra > 0) & ((Ra < 1) | include_one)
-    fit = fit_power_law(Ra[use], La[use], 1, terms=(("a", "s"),), offset_name="b", x_name="ratio",
-                        exp_bounds=exp_bounds, loss=loss, f_scale=f_scale, label=label)
+    fit = fit_power_law(
+        Ra[use],
+        La[use],
+        1,
+        terms=(("a", "s"),),
+        offset_name="b",
+        x_name="ratio",
+        exp_bounds=exp_bounds,
+        loss=loss,
+        f_scale=f_scale,
+        label=label,
+    )
     fit.diagnostics["ratios_used"] = sorted(set(map(float, Ra[use])))
     fit.diagnostics["ratios_dropped"] = sorted(set(map(float, Ra[~use])))
     return fit
 
 
-def fit_increment_domain(T, dL, *, exp_bounds=DEFAULT_EXP_BOUNDS, loss: str = "linear",
-                         f_scale: float = 1.0, label: str = "dL_dom(T) fit") -> PowerFit:
+def fit_increment_domain(
+    T, dL, *, exp_bounds=DEFAULT_EXP_BOUNDS, loss: str = "linear", f_scale: float = 1.0, label: str = "dL_dom(T) fit"
+) -> PowerFit:
     """Fit dL_dom(T) = a1*T^s1 + b1 (T > 0: CPT tokens in the caller's unit)."""
-    return fit_power_law(T, dL, 1, terms=_DOM_TERMS, offset_name="b1", x_name="T",
-                         exp_bounds=exp_bounds, loss=loss, f_scale=f_scale, label=label)
+    return fit_power_law(
+        T,
+        dL,
+        1,
+        terms=_DOM_TERMS,
+        offset_name="b1",
+        x_name="T",
+        exp_bounds=exp_bounds,
+        loss=loss,
+        f_scale=f_scale,
+        label=label,
+    )
 
 
-def fit_increment_general(T, dL, *, exp_bounds=DEFAULT_EXP_BOUNDS, loss: str = "linear",
-                          f_scale: float = 1.0, min_exp_gap: float = 0.05, label: str = "dL_gen(T) fit") -> PowerFit:
+def fit_increment_general(
+    T,
+    dL,
+    *,
+    exp_bounds=DEFAULT_EXP_BOUNDS,
+    loss: str = "linear",
+    f_scale: float = 1.0,
+    min_exp_gap: float = 0.05,
+    label: str = "dL_gen(T) fit",
+) -> PowerFit:
     """Fit dL_gen(T) = a2*T^s2 + a3*T^s3 + b2 with s2 < s3 (needs >= 5 distinct T > 0)."""
-    return fit_power_law(T, dL, 2, terms=_GEN_TERMS, offset_name="b2", x_name="T",
-                         exp_bounds=exp_bounds, loss=loss, f_scale=f_scale, min_exp_gap=min_exp_gap, label=label)
+    return fit_power_law(
+        T,
+        dL,
+        2,
+        terms=_GEN_TERMS,
+        offset_name="b2",
+        x_name="T",
+        exp_bounds=exp_bounds,
+        loss=loss,
+        f_scale=f_scale,
+        min_exp_gap=min_exp_gap,
+        label=label,
+    )
 
 
 def _as_power(obj, terms, offset_name, what: str) -> PowerFit:
@@ -439,8 +499,9 @@ def _slope(dom_d: np.ndarray, gen_d: np.ndarray, lam: float) -> np.ndarray:
     return dom_d / lam + gen_d
 
 
-def switch_point(dom_params, gen_params, lam: float, T_range: tuple[float, float], *,
-                 n_grid: int = 2048) -> float | None:
+def switch_point(
+    dom_params, gen_params, lam: float, T_range: tuple[float, float], *, n_grid: int = 2048
+) -> float | None:
     """Switch point T0 = first T in ``T_range`` where d dL_dom/dT + lam * d dL_gen/dT <= 0.
 
     ``dom_params`` / ``gen_params``: PowerFit, or mappings {a1,s1,b1} / {a2,s2,a3,s3,b2}, or sequences
@@ -643,8 +704,11 @@ def critical_mixture_ratio_from_fits(
         return float(np.min(_slope(dd, gd, lam)))
 
     Rg = np.unique(np.concatenate([np.linspace(R[0], R[-1], int(n_R)), R]))
-    slopes_g = [_slope(*curves.slopes(r), lam) for r in Rg] if interp == "params" else \
-        list(_slope(curves._dd(Rg), curves._gd(Rg), lam))
+    slopes_g = (
+        [_slope(*curves.slopes(r), lam) for r in Rg]
+        if interp == "params"
+        else list(_slope(curves._dd(Rg), curves._gd(Rg), lam))
+    )
     at_t = [curves.at_tmax(r) for r in Rg] if interp == "params" else [tuple(v) for v in curves._v(Rg)]
     if gvr is not None:
         h1 = np.asarray(gvr.predict(Rg)) - float(L_gen0) - eps
@@ -657,8 +721,10 @@ def critical_mixture_ratio_from_fits(
 
     def boundary(r_in: float, r_out: float) -> float:
         """Root of max(h1, h2) between a feasible and an infeasible grid point (continuous, sign change)."""
+
         def f(r):
             return max(tol_violation(r), switch_violation(r))
+
         if r_in == r_out:
             return r_in
         return float(brentq(f, min(r_in, r_out), max(r_in, r_out), xtol=1e-10, rtol=1e-10))
@@ -683,16 +749,18 @@ def critical_mixture_ratio_from_fits(
         t0 = switch_point(d, g, lam, (T_lo, T_max))
         dg, ddm = float(g.predict(T_max)), float(d.predict(T_max))
         in_a = tol_violation(float(r)) <= 0
-        per_ratio.append({
-            "ratio": float(r),
-            "T0": t0,
-            "dL_gen_at_Tmax": dg,
-            "dL_dom_at_Tmax": ddm,
-            "in_A": bool(in_a),
-            "feasible": bool(in_a and t0 is not None),
-            "dom_params": d.params,
-            "gen_params": g.params,
-        })
+        per_ratio.append(
+            {
+                "ratio": float(r),
+                "T0": t0,
+                "dL_gen_at_Tmax": dg,
+                "dL_dom_at_Tmax": ddm,
+                "in_A": bool(in_a),
+                "feasible": bool(in_a and t0 is not None),
+                "dom_params": d.params,
+                "gen_params": g.params,
+            }
+        )
 
     t0_grid = [_first_nonpositive(Tg, sg)[0] for sg in slopes_g]
     grid = {
@@ -705,15 +773,24 @@ def critical_mixture_ratio_from_fits(
     }
     if gvr is not None:
         grid["L_gen_at_Tmax"] = [float(gvr.predict(r)) for r in Rg]
-    common = dict(eps=eps, lam=lam, T_max=T_max, T_lo=T_lo, interp=interp,
-                  feasibility_from="L_gen(R) fit" if gvr is not None else "dL_gen(R, T_max) interpolated",
-                  per_ratio=per_ratio, grid=grid,
-                  diagnostics={"ratios": R.tolist(), "n_R_grid": int(Rg.size), "n_T_grid": int(n_T)})
+    common = dict(
+        eps=eps,
+        lam=lam,
+        T_max=T_max,
+        T_lo=T_lo,
+        interp=interp,
+        feasibility_from="L_gen(R) fit" if gvr is not None else "dL_gen(R, T_max) interpolated",
+        per_ratio=per_ratio,
+        grid=grid,
+        diagnostics={"ratios": R.tolist(), "n_R_grid": int(Rg.size), "n_T_grid": int(n_T)},
+    )
     if not intervals:
         why = []
         if np.all(h1 > 0):
-            why.append(f"general-loss increase at T_max exceeds eps={eps:g} for every ratio "
-                       f"(smallest {np.min(h1) + eps:.4g})")
+            why.append(
+                f"general-loss increase at T_max exceeds eps={eps:g} for every ratio "
+                f"(smallest {np.min(h1) + eps:.4g})"
+            )
         if np.all(h2 > 0):
             why.append(f"no ratio reaches its switch point T0 <= T_max={T_max:g}")
         if not why:
@@ -724,8 +801,10 @@ def critical_mixture_ratio_from_fits(
     cmr = intervals[-1][1]
     if cmr >= R[-1]:
         status, binding = "at_upper_bound", None
-        msg = (f"the largest trained ratio {R[-1]:g} is feasible: CMR >= {R[-1]:g} "
-               "(train larger ratios to locate it; no extrapolation)")
+        msg = (
+            f"the largest trained ratio {R[-1]:g} is feasible: CMR >= {R[-1]:g} "
+            "(train larger ratios to locate it; no extrapolation)"
+        )
     else:
         status = "ok"
         probe = min(cmr + 1e-7, float(R[-1]))  # just past the boundary, inside the interpolation range
@@ -784,14 +863,31 @@ def critical_mixture_ratio(
         t = Ts[i]
         keep_d = np.isfinite(t) & np.isfinite(ds[i]) & (t > 0) & (t <= T_max * (1 + 1e-9))
         keep_g = np.isfinite(t) & np.isfinite(gs[i]) & (t > 0) & (t <= T_max * (1 + 1e-9))
-        dom_fits.append(fit_increment_domain(t[keep_d], ds[i][keep_d], loss=loss, f_scale=f_scale,
-                                             label=f"dL_dom(T) fit for ratio {R[i]:g}"))
-        gen_fits.append(fit_increment_general(t[keep_g], gs[i][keep_g], loss=loss, f_scale=f_scale,
-                                              label=f"dL_gen(T) fit for ratio {R[i]:g}"))
+        dom_fits.append(
+            fit_increment_domain(
+                t[keep_d], ds[i][keep_d], loss=loss, f_scale=f_scale, label=f"dL_dom(T) fit for ratio {R[i]:g}"
+            )
+        )
+        gen_fits.append(
+            fit_increment_general(
+                t[keep_g], gs[i][keep_g], loss=loss, f_scale=f_scale, label=f"dL_gen(T) fit for ratio {R[i]:g}"
+            )
+        )
         t_los.append(float(min(t[keep_d].min(), t[keep_g].min())))
     return critical_mixture_ratio_from_fits(
-        R, dom_fits, gen_fits, T_max=T_max, T_lo=max(t_los), eps=eps, lam=lam,
-        gen_vs_ratio=gen_vs_ratio, L_gen0=L_gen0, interp=interp, n_R=n_R, n_T=n_T)
+        R,
+        dom_fits,
+        gen_fits,
+        T_max=T_max,
+        T_lo=max(t_los),
+        eps=eps,
+        lam=lam,
+        gen_vs_ratio=gen_vs_ratio,
+        L_gen0=L_gen0,
+        interp=interp,
+        n_R=n_R,
+        n_T=n_T,
+    )
 
 
 def _per_ratio(values, n_r: int, name: str, allow_shared: bool = False) -> list[np.ndarray]:
@@ -815,8 +911,13 @@ def _per_ratio(values, n_r: int, name: str, allow_shared: bool = False) -> list[
 # --------------------------------------------------------------------------------------------------
 
 
-def cmr_scaling_law(params: Mapping[str, float] | Sequence[float] | PowerFit, T=None, *, tokens=None,
-                    t_unit_tokens: float = PAPER_T_UNIT_TOKENS):
+def cmr_scaling_law(
+    params: Mapping[str, float] | Sequence[float] | PowerFit,
+    T=None,
+    *,
+    tokens=None,
+    t_unit_tokens: float = PAPER_T_UNIT_TOKENS,
+):
     """R_CMR(T) = a4*T^s4 + b3. Give ``T`` in law units, or ``tokens`` (converted with ``t_unit_tokens``
     tokens per unit; the paper's unit is 0.2 B tokens). ``params``: {a4, s4, b3}, (a4, s4, b3) or a fit."""
     law = params if isinstance(params, PowerFit) else PowerFit.from_params(params, (("a4", "s4"),), "b3", "T")
@@ -832,12 +933,29 @@ def cmr_scaling_law(params: Mapping[str, float] | Sequence[float] | PowerFit, T=
     return law.predict(T)
 
 
-def fit_cmr_scaling_law(T, R_cmr, *, t_unit_tokens: float | None = None, exp_bounds=DEFAULT_EXP_BOUNDS,
-                        loss: str = "linear", f_scale: float = 1.0) -> PowerFit:
+def fit_cmr_scaling_law(
+    T,
+    R_cmr,
+    *,
+    t_unit_tokens: float | None = None,
+    exp_bounds=DEFAULT_EXP_BOUNDS,
+    loss: str = "linear",
+    f_scale: float = 1.0,
+) -> PowerFit:
     """Fit R_CMR(T) = a4*T^s4 + b3 to (token budget, CMR) pairs. ``t_unit_tokens`` (tokens per T unit)
     is recorded in the diagnostics so the parameters are never read in the wrong unit."""
-    fit = fit_power_law(T, R_cmr, 1, terms=(("a4", "s4"),), offset_name="b3", x_name="T",
-                        exp_bounds=exp_bounds, loss=loss, f_scale=f_scale, label="CMR scaling-law fit")
+    fit = fit_power_law(
+        T,
+        R_cmr,
+        1,
+        terms=(("a4", "s4"),),
+        offset_name="b3",
+        x_name="T",
+        exp_bounds=exp_bounds,
+        loss=loss,
+        f_scale=f_scale,
+        label="CMR scaling-law fit",
+    )
     fit.diagnostics["t_unit_tokens"] = t_unit_tokens
     return fit
 
@@ -901,7 +1019,11 @@ def cmr_from_curves(
     need = ["run_id", x, "split", "loss"] + ([] if ratios is not None else ["ratio"])
     missing = [c for c in need if c not in df.columns]
     if missing:
-        hint = " (give the run -> ratio mapping: ratios= / cptlaws cmr --ratios runs.parquet)" if "ratio" in missing else ""
+        hint = (
+            " (give the run -> ratio mapping: ratios= / cptlaws cmr --ratios runs.parquet)"
+            if "ratio" in missing
+            else ""
+        )
         raise CMRInputError(f"{source}: missing column(s) {missing} (have {list(df.columns)}){hint}")
     d = df.copy()
     if "phase" in d.columns:
@@ -925,23 +1047,31 @@ def cmr_from_curves(
         bad = d.index[num.isna() | ~np.isfinite(num.astype(float))]
         if len(bad):
             row = bad[0]
-            raise CMRInputError(f"{source}: row {row} (run {d.at[row, 'run_id']!r}): column '{col}' = "
-                                f"{d.at[row, col]!r} is not a finite number")
+            raise CMRInputError(
+                f"{source}: row {row} (run {d.at[row, 'run_id']!r}): column '{col}' = "
+                f"{d.at[row, col]!r} is not a finite number"
+            )
         d[col] = num.astype(float)
     bad = d.index[d["loss"] <= 0]
     if len(bad):
         row = bad[0]
-        raise CMRInputError(f"{source}: row {row} (run {d.at[row, 'run_id']!r}): loss = {d.at[row, 'loss']} must be > 0")
+        raise CMRInputError(
+            f"{source}: row {row} (run {d.at[row, 'run_id']!r}): loss = {d.at[row, 'loss']} must be > 0"
+        )
     bad = d.index[(d["ratio"] < 0) | (d["ratio"] > 1)]
     if len(bad):
         row = bad[0]
-        raise CMRInputError(f"{source}: row {row} (run {d.at[row, 'run_id']!r}): ratio = {d.at[row, 'ratio']} "
-                            "is not a domain share in [0, 1]")
+        raise CMRInputError(
+            f"{source}: row {row} (run {d.at[row, 'run_id']!r}): ratio = {d.at[row, 'ratio']} "
+            "is not a domain share in [0, 1]"
+        )
     dup = d.duplicated(["run_id", "split", x], keep=False)
     if dup.any():
         row = d.index[dup][0]
-        raise CMRInputError(f"{source}: row {row} (run {d.at[row, 'run_id']!r}): duplicate ({x}, split) = "
-                            f"({d.at[row, x]}, {d.at[row, 'split']!r})")
+        raise CMRInputError(
+            f"{source}: row {row} (run {d.at[row, 'run_id']!r}): duplicate ({x}, split) = "
+            f"({d.at[row, x]}, {d.at[row, 'split']!r})"
+        )
 
     runs = {}
     for run_id, g in d.groupby("run_id", sort=True):
@@ -959,11 +1089,15 @@ def cmr_from_curves(
             s = g[g["split"] == sp].sort_values(x)
             first = float(s[x].iloc[0])
             if t_origin == "zero" and first < 0:
-                raise CMRInputError(f"{source}: run {run_id!r}: {x} = {first:g} < 0 with t_origin='zero' "
-                                    "(x must count CPT tokens from the branch point)")
+                raise CMRInputError(
+                    f"{source}: run {run_id!r}: {x} = {first:g} < 0 with t_origin='zero' "
+                    "(x must count CPT tokens from the branch point)"
+                )
             if baseline == "branch" and first != x0:
-                raise CMRInputError(f"{source}: run {run_id!r}: split {sp!r} has no row at the branch point "
-                                    f"{x} = {x0:g} (give the pre-CPT losses with baseline=...)")
+                raise CMRInputError(
+                    f"{source}: run {run_id!r}: split {sp!r} has no row at the branch point "
+                    f"{x} = {x0:g} (give the pre-CPT losses with baseline=...)"
+                )
             if isinstance(baseline, Mapping):
                 if sp not in baseline:
                     raise CMRInputError(f"{source}: baseline has no loss for split {sp!r} (keys {sorted(baseline)})")
@@ -1023,20 +1157,47 @@ def cmr_from_curves(
         for rv in ratio_values:
             Td, yd = pooled(rv, domain_split, t_cap)
             Tg, yg = pooled(rv, general_split, t_cap)
-            dom_fits.append(fit_increment_domain(Td, yd, loss=loss, f_scale=f_scale, label=f"{source}: dL_dom(T) fit, ratio {rv:g}, "
-                                                 f"split {domain_split!r}, T <= {t_cap:g}"))
-            gen_fits.append(fit_increment_general(Tg, yg, loss=loss, f_scale=f_scale, label=f"{source}: dL_gen(T) fit, ratio {rv:g}, "
-                                                  f"split {general_split!r}, T <= {t_cap:g}"))
+            dom_fits.append(
+                fit_increment_domain(
+                    Td,
+                    yd,
+                    loss=loss,
+                    f_scale=f_scale,
+                    label=f"{source}: dL_dom(T) fit, ratio {rv:g}, " f"split {domain_split!r}, T <= {t_cap:g}",
+                )
+            )
+            gen_fits.append(
+                fit_increment_general(
+                    Tg,
+                    yg,
+                    loss=loss,
+                    f_scale=f_scale,
+                    label=f"{source}: dL_gen(T) fit, ratio {rv:g}, " f"split {general_split!r}, T <= {t_cap:g}",
+                )
+            )
             t_los.append(float(min(Td.min(), Tg.min())))
         gvr = None
         if tolerance_from == "loss_vs_ratio":  # the paper's route: A from the L(R) fit of the general loss
             recs = losses_at(t_cap)
-            gvr = fit_loss_vs_ratio([a["ratio"] for a in recs], [a[general_split] for a in recs], loss=loss,
-                                    f_scale=f_scale, label=f"{source}: L(R) fit, split {general_split!r}, "
-                                    f"T <= {t_cap:g}")
-        res = critical_mixture_ratio_from_fits(ratio_values, dom_fits, gen_fits, T_max=t_cap, T_lo=max(t_los),
-                                               eps=eps, lam=lam, interp=interp, gen_vs_ratio=gvr,
-                                               L_gen0=L_gen0_mean if gvr is not None else None)
+            gvr = fit_loss_vs_ratio(
+                [a["ratio"] for a in recs],
+                [a[general_split] for a in recs],
+                loss=loss,
+                f_scale=f_scale,
+                label=f"{source}: L(R) fit, split {general_split!r}, " f"T <= {t_cap:g}",
+            )
+        res = critical_mixture_ratio_from_fits(
+            ratio_values,
+            dom_fits,
+            gen_fits,
+            T_max=t_cap,
+            T_lo=max(t_los),
+            eps=eps,
+            lam=lam,
+            interp=interp,
+            gen_vs_ratio=gvr,
+            L_gen0=L_gen0_mean if gvr is not None else None,
+        )
         return dom_fits, gen_fits, res
 
     dom_fits, gen_fits, result = analyse(T_max)
@@ -1045,8 +1206,13 @@ def cmr_from_curves(
     loss_vs_ratio = {}
     for sp in (general_split, domain_split):
         try:
-            f = fit_loss_vs_ratio([a["ratio"] for a in at_tmax], [a[sp] for a in at_tmax], loss=loss,
-                                  f_scale=f_scale, label=f"{source}: L(R) fit, split {sp!r}")
+            f = fit_loss_vs_ratio(
+                [a["ratio"] for a in at_tmax],
+                [a[sp] for a in at_tmax],
+                loss=loss,
+                f_scale=f_scale,
+                label=f"{source}: L(R) fit, split {sp!r}",
+            )
             loss_vs_ratio[sp] = f.to_dict()
         except FitError as exc:
             loss_vs_ratio[sp] = {"error": str(exc)}
@@ -1062,16 +1228,24 @@ def cmr_from_curves(
         for b in budgets:
             try:
                 _, _, rb = analyse(b)
-                vs_tokens.append({"T_max": b, "tokens": b * t_unit, "cmr": rb.cmr, "status": rb.status,
-                                  "binding": rb.binding})
+                vs_tokens.append(
+                    {"T_max": b, "tokens": b * t_unit, "cmr": rb.cmr, "status": rb.status, "binding": rb.binding}
+                )
             except (FitError, ValueError) as exc:
-                vs_tokens.append({"T_max": b, "tokens": b * t_unit, "cmr": None, "status": "error",
-                                  "binding": None, "error": str(exc)})
+                vs_tokens.append(
+                    {
+                        "T_max": b,
+                        "tokens": b * t_unit,
+                        "cmr": None,
+                        "status": "error",
+                        "binding": None,
+                        "error": str(exc),
+                    }
+                )
     ok = [v for v in vs_tokens if v["status"] == "ok"]
     if len(ok) >= 3:
         try:
-            law = fit_cmr_scaling_law([v["T_max"] for v in ok], [v["cmr"] for v in ok], t_unit_tokens=t_unit,
-                                      loss=loss)
+            law = fit_cmr_scaling_law([v["T_max"] for v in ok], [v["cmr"] for v in ok], t_unit_tokens=t_unit, loss=loss)
             cmr_law = law.to_dict()
         except FitError as exc:
             cmr_law = {"error": str(exc)}
@@ -1085,21 +1259,44 @@ def cmr_from_curves(
             T, L, l0 = per[sp]
             fitted = np.where(T > 0, fit.predict(np.where(T > 0, T, 1.0)), np.nan)
             for t, l, fv in zip(T, L, fitted):
-                records.append({"run_id": run_id, "ratio": rv, "split": sp, "T": float(t), "loss": float(l),
-                                "L0": l0, "dL": float(l - l0), "fit": None if not np.isfinite(fv) else float(fv)})
+                records.append(
+                    {
+                        "run_id": run_id,
+                        "ratio": rv,
+                        "split": sp,
+                        "T": float(t),
+                        "loss": float(l),
+                        "L0": l0,
+                        "dL": float(l - l0),
+                        "fit": None if not np.isfinite(fv) else float(fv),
+                    }
+                )
 
     out = {
-        "settings": {"domain_split": domain_split, "general_split": general_split, "x": x, "t_unit": t_unit,
-                     "t_origin": t_origin,
-                     "eps": eps, "lam": lam, "T_max": T_max, "interp": interp, "tolerance_from": tolerance_from,
-                     "loss": loss, "f_scale": f_scale,
-                     "baseline": baseline if isinstance(baseline, str) else dict(baseline), "source": source},
+        "settings": {
+            "domain_split": domain_split,
+            "general_split": general_split,
+            "x": x,
+            "t_unit": t_unit,
+            "t_origin": t_origin,
+            "eps": eps,
+            "lam": lam,
+            "T_max": T_max,
+            "interp": interp,
+            "tolerance_from": tolerance_from,
+            "loss": loss,
+            "f_scale": f_scale,
+            "baseline": baseline if isinstance(baseline, str) else dict(baseline),
+            "source": source,
+        },
         "baselines": {run_id: {sp: per[sp][2] for sp in per} for run_id, (_, per) in runs.items()},
         "ratios": ratio_values,
         "loss_at_T_max": at_tmax,
         "loss_vs_ratio": loss_vs_ratio,
-        "increments": [{"ratio": rv, "domain": df_.to_dict(), "general": gf.to_dict()}
-                       for rv, df_, gf in zip(ratio_values, dom_fits, gen_fits)],
+        "increments": [
+            {"ratio": rv, "domain": df_.to_dict(), "general": gf.to_dict()}
+            for rv, df_, gf in zip(ratio_values, dom_fits, gen_fits)
+        ],
         "cmr": result.to_dict(),
         "cmr_vs_tokens": vs_tokens,
         "cmr_law": cmr_law,
