@@ -121,8 +121,8 @@ def test_decomposition_sums_to_law_and_shift_is_zero_at_transfer(study):
 def test_fixture_curves_follow_the_law(study):
     """The synthetic data is the law plus noise: residual sd near the fixture's noise level."""
     scheds = run_schedules(study.runs, study.lrs)
-    c = study.curves[(study.curves["run_id"] == "cpt-math-r0.5-wsd-from-const1000") & (study.curves["split"] == "math")]
-    _, pred = law_curve(true_fit("math", "math"), scheds["cpt-math-r0.5-wsd-from-const1000"], c["step"])
+    c = study.curves[(study.curves["run_id"] == "cpt-math-r0.6-wsd-from-const1000") & (study.curves["split"] == "math")]
+    _, pred = law_curve(true_fit("math", "math"), scheds["cpt-math-r0.6-wsd-from-const1000"], c["step"])
     assert 0.002 < np.std(c["loss"].to_numpy() - pred) < 0.008
 
 

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import logging
-from functools import lru_cache
-
 import numpy as np
 import pandas as pd
 
-from .inputs import Study, fit_scope
-from .lawcurves import DRAWABLE_LAWS, RunSchedule, law_curve, run_schedules
+from .inputs import Study
+from .lawcurves import LawError, RunSchedule, law_curve, run_schedules
 
 log = logging.getLogger("cptlaws.plots")
 
@@ -79,9 +77,10 @@ def final_losses(study: Study) -> pd.DataFrame:
     return c.groupby(["run_id", "split"], as_index=False).last()[["run_id", "split", "step", "loss"]]
 
 
-def choose_fit(study: Study, run_id: str, split: str) -> dict | None:
-    """The fit to overlay on (run, split): a drawable law whose fit/held-out runs include the run."""
-    fits = [f for f in study.fits_for(split, run_id) if f["law"] in DRAWABLE_LAWS]
+def choose_fit(study: Study, run_id: str, split: str, laws=None) -> dict | None:
+    """The fit to overlay on (run, split): a fit whose fitted/held-out runs include the run (the most
+    specific law first, LAW_PREFERENCE); ``laws`` restricts the choice."""
+    fits = study.fits_for(split, run_id, laws)
     if not fits:
         return None
     rank = {law: i for i, law in enumerate(LAW_PREFERENCE)}
@@ -103,7 +102,11 @@ def law_for_run(study: Study, run_id: str, split: str, steps=None):
     sched = schedules(study).get(run_id)
     if fit is None or sched is None:
         return None
-    s, pred = law_curve(fit, sched, steps)
+    try:
+        s, pred = law_curve(fit, sched, steps)
+    except LawError as exc:  # e.g. a law that needs an input this run lacks: draw the data without it
+        log.warning("%s", exc)
+        return None
     return s, pred, fit
 
 
@@ -123,7 +126,3 @@ def loss_ylim(values: np.ndarray, steps: np.ndarray, crop_frac: float = 0.1) -> 
     lo, hi = float(np.nanmin(v)), float(np.nanmax(v))
     pad = 0.06 * (hi - lo or 1.0)
     return lo - pad, hi + pad
-
-
-def scope_of(fit: dict) -> set[str]:
-    return fit_scope(fit)

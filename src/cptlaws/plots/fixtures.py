@@ -4,6 +4,9 @@ Curves come from the replay form of the CPT law (laws.md section 3, Eq. 8; at ra
 the exact LR histories of the grid below, plus Gaussian noise. The "fits" written here are the true
 parameters with a small deterministic perturbation and synthetic intervals: they exercise the plotting
 code, they are NOT the output of the fitting engine, and nothing downstream should treat them as such.
+The CMR analysis is real: ``cptlaws.cmr.cmr_from_curves`` on the fixture's curves. File names and
+columns follow what the workflow writes (cptlaws.study): results/fits/<law>_<model>_<domain>_<split>.json,
+<law>_predictions.parquet, cmr_*.json; results/checks/heldout.parquet and predictions.parquet.
 
 Grid: PT constant and WSD runs; CPT from the constant run at its midpoint over 2 domains x 4 ratios x 2
 CPT schedules; plus a loss-potential sweep (branches inside the WSD decay) and a CPT peak-LR sweep.
@@ -23,11 +26,17 @@ from cptlaws.schedules import lr_array, phase_lrs
 
 from .lawcurves import RunSchedule, law_curve
 
+# The held-out table's columns, as the workflow's check step writes them (cptlaws.study.CHECK_COLUMNS).
+CHECK_COLUMNS = [
+    "check", "kind", "law", "model", "domain", "cpt_peak_lr", "split", "run_id", "n_fit_runs", "n_points",
+    "mae", "rmse", "r2", "mean_rel", "worst_rel", "huber", "metric", "value", "threshold", "passed", "note",
+]
+
 PT_STEPS, CPT_STEPS, EVAL_EVERY = 2000, 1000, 50
 BATCH, SEQ = 16, 128
 PEAK = 2.0e-3
 DOMAINS = ("code", "math")
-RATIOS = (0.25, 0.5, 0.75, 1.0)
+RATIOS = (0.1, 0.3, 0.6, 1.0)
 NOISE = 0.004
 LAM = 0.999
 
@@ -52,15 +61,17 @@ _HIDDEN = {
     "math": dict(L0=3.45, A=0.6, alpha=0.5, C1=0.25, C2=0.27),
 }
 _SHIFT = {
-    ("code", "general"): dict(B=0.50, E=30.0, beta=0.25, a1=0.15, a2=2.5),
+    ("code", "general"): dict(B=0.80, E=30.0, beta=0.25, a1=0.15, a2=2.5),
     ("code", "code"): dict(B=-0.75, E=800.0, beta=0.18, a1=0.05, a2=0.69),
-    ("math", "general"): dict(B=0.40, E=40.0, beta=0.3, a1=0.1, a2=3.0),
+    ("math", "general"): dict(B=0.65, E=40.0, beta=0.3, a1=0.1, a2=3.0),
     ("math", "math"): dict(B=-0.6, E=500.0, beta=0.2, a1=0.05, a2=0.69),
 }
 
 
 def true_fit(domain: str, split: str) -> dict:
-    return {"law": "replay", "split": split, "lam": LAM, "params": {**_HIDDEN[split], **_SHIFT[(domain, split)]}}
+    role = "general" if split == "general" else "domain"
+    return {"law": "replay", "law_options": {"split_role": role}, "split": split, "lam": LAM,
+            "params": {**_HIDDEN[split], **_SHIFT[(domain, split)]}}
 
 
 def _grid() -> list[dict]:
@@ -136,13 +147,15 @@ def make_fixture_study(root: str | Path, seed: int = 0) -> dict[str, Path]:
     write_parquet(tables / "runs.parquet", runs)
     write_parquet(tables / "curves.parquet", curves)
     write_parquet(tables / "lrs.parquet", pd.concat(lr_rows, ignore_index=True))
-    heldout_rows = []
+    heldout_rows, held_preds, fit_preds = [], [], []
     for domain in DOMAINS:
         for split in ("general", domain):
-            heldout_rows += _write_fit(fits_dir, runs, curves, scheds, domain, split, rng)
-    write_parquet(checks / "heldout.parquet", pd.DataFrame(heldout_rows))
+            heldout_rows += _write_fit(fits_dir, runs, curves, scheds, domain, split, rng, held_preds, fit_preds)
+    write_parquet(fits_dir / "replay_predictions.parquet", pd.concat(fit_preds, ignore_index=True))
+    write_parquet(checks / "heldout.parquet", pd.DataFrame(heldout_rows, columns=CHECK_COLUMNS))
+    write_parquet(checks / "predictions.parquet", pd.concat(held_preds, ignore_index=True))
     for domain in DOMAINS:
-        write_json(fits_dir / f"cmr_{domain}.json", _cmr(runs, curves, domain))
+        _write_cmr(fits_dir, runs, curves, domain)
     return {"tables": tables, "fits": fits_dir, "checks": checks}
 
 
@@ -157,107 +170,69 @@ def _metrics(obs: np.ndarray, pred: np.ndarray) -> dict:
                 mean_rel=float(rel.mean()), worst_rel=float(rel.max()), huber=float(hub.sum()))
 
 
-def _write_fit(fits_dir, runs, curves, scheds, domain, split, rng) -> list[dict]:
-    """A perturbed-truth fit of one (domain, validation set), its held-out predictions and metrics."""
+def _band(fit, draws, sched, steps):
+    _, pred = law_curve(fit, sched, steps)
+    band = np.array([law_curve(d, sched, steps)[1] for d in draws])
+    lo, hi = np.percentile(band, [2.5, 97.5], axis=0)
+    return pred, np.minimum(lo, pred), np.maximum(hi, pred)
+
+
+def _write_fit(fits_dir, runs, curves, scheds, domain, split, rng, held_preds, fit_preds) -> list[dict]:
+    """A perturbed-truth fit of one (domain, validation set) in the study's file layout, plus the held-out
+    check "cos-from-wsd" (fit without the cosine CPT runs of the main branch, predict them)."""
     truth = true_fit(domain, split)
     params = {k: v * (1 + 0.002 * rng.standard_normal()) for k, v in truth["params"].items()}
-    rel_sd = {k: (0.02 if k in ("L0", "alpha") else 0.08) for k in params}
+    rel_sd = {k: (0.002 if k in ("L0", "alpha") else 0.02) for k in params}
     intervals = {k: sorted([v * (1 - 1.96 * rel_sd[k]), v * (1 + 1.96 * rel_sd[k])]) for k, v in params.items()}
     mine = runs[(runs["phase"] == "pt") | (runs["domain"] == domain)]
     held = mine[(mine["phase"] == "cpt") & (mine["cpt_schedule"] == "cos") & (mine["transfer_step"] == 1000)
                 & mine["cpt_peak_lr"].eq(PEAK)]
-    fit_runs = sorted(set(mine["run_id"]) - set(held["run_id"]))
-    fit = {**truth, "params": params, "intervals": intervals}
+    role = "general" if split == "general" else "domain"
     # Bands: the law under parameter draws from the synthetic intervals (a stand-in for the bootstrap).
-    draws = [{**fit, "params": {k: v * (1 + rel_sd[k] * rng.standard_normal()) for k, v in params.items()}}
-             for _ in range(60)]
-    pred_rows, per_run, rows = [], {}, []
-    for rid in held["run_id"]:
+    draws = [{k: v * (1 + rel_sd[k] * rng.standard_normal()) for k, v in params.items()} for _ in range(60)]
+    fit = {**truth, "law_options": {"split_role": role}, "params": params, "intervals": intervals,
+           "bootstrap_params": draws, "options": {"warmup_as_peak": True}}
+    draw_fits = [{**fit, "params": d} for d in draws]
+    per_run, rows = {}, []
+    for rid in mine["run_id"]:
         obs = curves[(curves["run_id"] == rid) & (curves["split"] == split)].sort_values("step")
+        obs = obs[obs["step"] > 0]
         steps = obs["step"].to_numpy()
-        _, pred = law_curve(fit, scheds[rid], steps)
-        band = np.array([law_curve(d, scheds[rid], steps)[1] for d in draws])
-        lo, hi = np.percentile(band, [2.5, 97.5], axis=0)
-        pred_rows.append(pd.DataFrame({"run_id": rid, "step": steps, "split": split, "loss": obs["loss"].to_numpy(),
-                                       "pred": pred, "pred_lo": np.minimum(lo, pred), "pred_hi": np.maximum(hi, pred)}))
-        m = _metrics(obs["loss"].to_numpy()[1:], pred[1:])  # held-out points: after the branch point
-        per_run[rid] = m
-        rows.append({"check": "cos-from-wsd", "law": "replay", "domain": domain, "split": split, "run_id": rid,
-                     **m, "threshold": 0.01, "passed": m["mae"] <= 0.01})
-    mean = {k: float(np.mean([m[k] for m in per_run.values()])) for k in next(iter(per_run.values()))}
+        pred, lo, hi = _band(fit, draw_fits, scheds[rid], steps)
+        frame = pd.DataFrame({"run_id": rid, "step": steps, "split": split, "loss": obs["loss"].to_numpy(),
+                              "pred": pred, "pred_lo": lo, "pred_hi": hi})
+        fit_preds.append(frame.assign(model="tiny", domain=domain, cpt_peak_lr=PEAK))
+        if rid in set(held["run_id"]):
+            frame = frame.iloc[1:]  # held-out points: after the branch point
+            held_preds.append(frame.assign(check="cos-from-wsd")[["check", *frame.columns]])
+            m = _metrics(frame["loss"].to_numpy(), frame["pred"].to_numpy())
+            per_run[rid] = m
+            rows.append({"check": "cos-from-wsd", "kind": "runs", "law": "replay", "model": "tiny", "domain": domain,
+                         "cpt_peak_lr": PEAK, "split": split, "run_id": rid, "n_fit_runs": len(mine) - len(held),
+                         "n_points": len(frame), **m, "metric": "mean_rel", "value": m["mean_rel"],
+                         "threshold": 0.01, "passed": m["mean_rel"] <= 0.01, "note": ""})
+    fit_runs = sorted(mine["run_id"])
     n_points = int(curves[curves["run_id"].isin(fit_runs) & (curves["split"] == split)].shape[0])
     fit.update(
         diagnostics={"objective": 1.0e-3, "n_starts": 500, "n_near_best": 40, "at_bound": [], "n_points": n_points,
                      "dropped_warmup_points": 2, "converged": True, "wall_s": 0.0, "synthetic_fixture": True},
-        fit_runs=fit_runs, heldout={"per_run": per_run, "mean": mean},
+        fit_runs=fit_runs, heldout={},
+        model="tiny", domain=domain, cpt_peak_lr=PEAK, role=role, analysis="replay",
     )
-    stem = f"replay_{domain}_{split}"
-    write_json(fits_dir / f"{stem}.json", fit)
-    write_parquet(fits_dir / f"{stem}.predictions.parquet", pd.concat(pred_rows, ignore_index=True))
+    write_json(fits_dir / f"replay_tiny_{domain}_{split}.json", fit)
     return rows
 
 
-def _power_fit(x: np.ndarray, y: np.ndarray) -> dict:
-    """y = a * x**s + b by least squares over a grid of s (enough for a fixture)."""
-    best = None
-    for s in np.linspace(-2.0, 3.0, 501):
-        if abs(s) < 1e-6:
-            continue
-        X = np.column_stack([x**s, np.ones_like(x)])
-        coef, *_ = np.linalg.lstsq(X, y, rcond=None)
-        sse = float(np.sum((X @ coef - y) ** 2))
-        if best is None or sse < best[0]:
-            best = (sse, {"a": float(coef[0]), "s": float(s), "b": float(coef[1])})
-    return best[1]
+def _write_cmr(fits_dir, runs, curves, domain) -> None:
+    """The CMR analysis of the main-branch cosine runs, by the project's own ``cmr_from_curves``."""
+    from cptlaws.cmr import cmr_from_curves
 
-
-def _cmr(runs, curves, domain) -> dict:
-    """A CMR analysis in the shape docs/figures.md documents, from the fixture's own final losses."""
-    sel = runs[(runs["domain"] == domain) & (runs["cpt_schedule"] == "wsd") & (runs["transfer_step"] == 1000)]
-    parent = sel["parent"].iloc[0]
-    base = curves[(curves["run_id"] == parent) & (curves["step"] == 1000)].set_index("split")["loss"]
-    l_gen0, l_dom0 = float(base["general"]), float(base[domain])
-    eps = 0.05
-    out = {"domain": domain, "general_split": "general", "domain_split": domain, "eps": eps, "lam": 1000.0,
-           "L_gen0": l_gen0, "L_dom0": l_dom0, "token_unit": "tokens"}
-    R, Lg, Ld, per_ratio = [], [], [], []
-    for row in sel.sort_values("ratio").itertuples():
-        c = curves[(curves["run_id"] == row.run_id)].sort_values("step")
-        g = c[c["split"] == "general"]
-        d = c[c["split"] == domain]
-        R.append(row.ratio)
-        Lg.append(float(g["loss"].iloc[-1]))
-        Ld.append(float(d["loss"].iloc[-1]))
-        T = (g["tokens"] - g["tokens"].iloc[0]).to_numpy(np.float64)[1:]
-        per_ratio.append({"ratio": float(row.ratio), "T": T.tolist(),
-                          "dL_gen": (g["loss"].to_numpy()[1:] - l_gen0).tolist(),
-                          "dL_dom": (d["loss"].to_numpy()[1:] - l_dom0).tolist()})
-    R, Lg, Ld = map(np.asarray, (R, Lg, Ld))
-    t_max = per_ratio[0]["T"][-1]
-    fg, fd = _power_fit(R, Lg), _power_fit(R, Ld)
-    grid = np.linspace(1e-3, 1.0, 2000)
-
-    def feasible(fit):
-        return grid[fit["a"] * grid ** fit["s"] + fit["b"] <= l_gen0 + eps]
-
-    ok = feasible(fg)
-    cmr = float(ok.max()) if ok.size else None
-    # CMR at shorter token budgets: the same analysis on the general losses after T tokens.
-    Ts, cmr_T = [], []
-    for j in range(3, len(per_ratio[0]["T"])):
-        okj = feasible(_power_fit(R, np.array([l_gen0 + pr["dL_gen"][j] for pr in per_ratio])))
-        if okj.size:
-            Ts.append(per_ratio[0]["T"][j])
-            cmr_T.append(float(okj.max()))
-    Ts = np.asarray(Ts)
-    law = _power_fit(Ts / t_max, np.asarray(cmr_T))
-    out.update({
-        "T_max": float(t_max),
-        "loss_vs_ratio": {"general": {**fg, "R": R.tolist(), "L": Lg.tolist()},
-                          "domain": {**fd, "R": R.tolist(), "L": Ld.tolist()}},
-        "per_ratio": per_ratio,
-        "feasible": [float(ok.min()), float(ok.max())] if ok.size else None,
-        "cmr": cmr,
-        "cmr_vs_tokens": {"T": Ts.tolist(), "cmr": cmr_T, "law": law, "T_unit": float(t_max)},
-    })
-    return out
+    sel = runs[(runs["domain"] == domain) & (runs["cpt_schedule"] == "cos") & (runs["transfer_step"] == 1000)]
+    cdf = curves[curves["run_id"].isin(set(sel["run_id"]))].merge(sel[["run_id", "ratio"]], on="run_id")
+    res = cmr_from_curves(cdf, domain_split=domain, eps=0.05, lam=1000.0, t_unit=1.0e5,
+                          source=f"fixture CMR ({domain})")
+    res.pop("tables", None)
+    key = {"model": "tiny", "domain": domain, "cpt_peak_lr": PEAK, "cpt_schedule": "cos", "pt_schedule": "const",
+           "transfer_step": 1000}
+    write_json(fits_dir / f"cmr_tiny_{domain}_cos_const_T1000.json",
+               {**res, **key, "analysis": "cmr", "runs": sorted(sel["run_id"])})

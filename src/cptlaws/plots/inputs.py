@@ -67,7 +67,8 @@ class Study:
     curves: pd.DataFrame | None = None
     lrs: pd.DataFrame | None = None
     fits: list[dict] = field(default_factory=list)
-    predictions: pd.DataFrame | None = None
+    predictions: pd.DataFrame | None = None  # held-out predictions (checks/); fig. 4
+    fit_predictions: pd.DataFrame | None = None  # in-sample predictions of the study fits (fits/)
     heldout: pd.DataFrame | None = None
     cmr: list[dict] = field(default_factory=list)
 
@@ -99,16 +100,42 @@ def fit_scope(fit: dict) -> set[str]:
     return scope
 
 
-def load_fit(path: Path) -> dict | None:
-    """A FitResult JSON, or None when the JSON is some other result (e.g. a CMR analysis)."""
+def _read_json(path: Path) -> dict:
     try:
         obj = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise PlotInputError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(obj, dict):
         raise PlotInputError(f"{path}: expected a JSON object")
-    if is_cmr(obj):
-        return None
+    return obj
+
+
+def _predictions(d: Path) -> pd.DataFrame | None:
+    """Every predictions table (columns of docs/design.md) in ``d``, with its file stem as ``source``."""
+    out = []
+    for p in sorted(d.glob("*.parquet")):
+        try:
+            cols = pq_columns(p)
+        except Exception as exc:  # corrupt parquet
+            raise PlotInputError(f"{p}: cannot read parquet ({exc})") from None
+        if {"pred", "loss"} <= set(cols):  # other parquet files (params, heldout, CMR) are not predictions
+            df = read_table(p, PRED_COLS, finite=("step", "loss"))
+            df["split"] = df["split"].astype(str)
+            df = df[np.isfinite(df["pred"].to_numpy(dtype=float))]  # step 0: the law is undefined there
+            df["source"] = p.stem
+            out.append(df)
+    return pd.concat(out, ignore_index=True) if out else None
+
+
+def pq_columns(path: Path) -> list[str]:
+    import pyarrow.parquet as pq
+
+    return list(pq.read_schema(path).names)
+
+
+def load_fit(path: Path, obj: dict | None = None) -> dict:
+    """A FitResult JSON (FitResult.to_dict() plus the workflow's group keys), checked."""
+    obj = _read_json(path) if obj is None else obj
     missing = [k for k in FIT_KEYS if k not in obj]
     if missing:
         raise PlotInputError(f"{path}: fit JSON misses key(s) {', '.join(missing)}")
@@ -123,7 +150,8 @@ def load_fit(path: Path) -> dict | None:
 
 
 def is_cmr(obj: dict) -> bool:
-    return "cmr" in obj and ("loss_vs_ratio" in obj or "L_of_R" in obj or "per_ratio" in obj or "feasible" in obj)
+    """A cmr_from_curves result (as the workflow writes it) rather than a law fit."""
+    return obj.get("analysis") == "cmr" or ("cmr" in obj and "loss_vs_ratio" in obj)
 
 
 def load_study(tables: str | Path | None, fits: str | Path | None = None, checks: str | Path | None = None) -> Study:
@@ -150,37 +178,25 @@ def load_study(tables: str | Path | None, fits: str | Path | None = None, checks
         if p.exists():
             st.lrs = read_table(p, LRS_COLS, finite=("step", "lr"))
             _check_known_runs(st.lrs, st.runs, p)
-    fit_dirs = [Path(d) for d in (fits, checks) if d]
-    for d in fit_dirs:
-        if not d.is_dir():
-            log.info("no directory %s: its figures are skipped", d)
-            continue
-        for p in sorted(d.glob("*.json")):
-            try:
-                obj = json.loads(p.read_text())
-            except json.JSONDecodeError as exc:
-                raise PlotInputError(f"{p}: not valid JSON ({exc})") from None
-            if isinstance(obj, dict) and is_cmr(obj):
-                obj["_path"] = str(p)
-                st.cmr.append(obj)
-                continue
-            if fits and d == Path(fits):
-                fit = load_fit(p)
-                if fit is not None:
-                    st.fits.append(fit)
-        preds = []
-        for p in sorted(d.glob("*.parquet")):
-            if p.name == "heldout.parquet":
-                continue
-            cols = pd.read_parquet(p).columns if p.stat().st_size else []
-            if {"pred", "loss"} <= set(cols):  # a predictions table; other parquet files are not ours to read
-                df = read_table(p, PRED_COLS, finite=("step", "loss", "pred"))
-                df["split"] = df["split"].astype(str)
-                df["source"] = p.stem
-                preds.append(df)
-        if preds:
-            new = pd.concat(preds, ignore_index=True)
-            st.predictions = new if st.predictions is None else pd.concat([st.predictions, new], ignore_index=True)
+    if fits:
+        fits = Path(fits)
+        if fits.is_dir():
+            for p in sorted(fits.glob("*.json")):  # top level only: summary/ holds per-analysis digests
+                obj = _read_json(p)
+                if is_cmr(obj):
+                    obj["_path"] = str(p)
+                    st.cmr.append(obj)
+                elif "law" in obj or "params" in obj:
+                    st.fits.append(load_fit(p, obj))
+            st.fit_predictions = _predictions(fits)
+        else:
+            log.info("no directory %s: figures that need fits are skipped", fits)
+    if checks:
+        checks = Path(checks)
+        if checks.is_dir():
+            st.predictions = _predictions(checks)
+        else:
+            log.info("no directory %s: figures that need held-out checks are skipped", checks)
     if checks:
         p = Path(checks) / "heldout.parquet"
         if p.exists():

@@ -1,9 +1,10 @@
 """Evaluate a saved fit (FitResult.to_dict() JSON) along a run's exact LR history, for law overlays.
 
-Plots must not depend on the fitting engine's internals, so the schedule-aware laws drawn here (``lra``,
-``cpt``, ``replay``, ``replay_rpt``; laws.md sections 2-3) are evaluated from their closed forms on areas
-recomputed with ``cptlaws.areas`` at the fit's lambda. ``decompose`` splits a CPT-type law into its
-hidden PT curve and its distribution-shift term (the CPT paper's Fig. 3 view).
+``law_curve`` asks the law library (``FitResult.from_dict(...).predict_arrays``) so the drawn line is
+exactly the fitted law, for every law it knows. The closed forms here (``lra``, ``cpt``, ``replay``,
+``replay_rpt``; laws.md sections 2-3, areas from ``cptlaws.areas`` at the fit's lambda) serve
+``decompose`` -- the hidden PT curve and the distribution-shift term, which the library does not
+expose -- and a fit JSON the library cannot rebuild. tests/test_plots.py checks the two agree.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def norm_params(params: Mapping[str, float]) -> dict[str, float]:
 
 def split_role(fit: Mapping) -> str:
     """Which form of the replay law applies: the general (D_pt) or the domain (D_cpt) validation set."""
-    role = fit.get("split_role") or (fit.get("options") or {}).get("split_role")
+    role = (fit.get("law_options") or {}).get("split_role") or fit.get("role")
     if role:
         return str(role)
     return "general" if fit.get("split") == "general" else "domain"
@@ -48,6 +49,7 @@ class RunSchedule:
     transfer: int | None
     warmup_steps: int
     ratio: float
+    n_params: float | None = None  # millions of non-embedding parameters (the size law's N)
 
     def areas(self, lam: float) -> Areas:
         return compute_areas(self.lrs, lam=lam, transfer=self.transfer, warmup_steps=self.warmup_steps)
@@ -69,8 +71,17 @@ def run_schedules(runs: pd.DataFrame, lrs: pd.DataFrame) -> dict[str, RunSchedul
             transfer=transfer,
             warmup_steps=_pt_warmup(row),
             ratio=float(row.ratio) if cpt and pd.notna(row.ratio) else 0.0,
+            n_params=_millions(getattr(row, "n_nonembed", None)),
         )
     return out
+
+
+def _millions(n) -> float | None:
+    try:
+        n = float(n)
+    except (TypeError, ValueError):
+        return None
+    return n / 1e6 if np.isfinite(n) and n > 0 else None
 
 
 def _pt_warmup(row) -> int:
@@ -120,12 +131,37 @@ def decompose(fit: Mapping, areas: Areas, ratio: float = 0.0) -> tuple[np.ndarra
 
 
 def law_curve(fit: Mapping, sched: RunSchedule, steps=None) -> tuple[np.ndarray, np.ndarray]:
-    """(steps, predicted loss) of ``fit`` along ``sched``; every step 1..N unless ``steps`` is given."""
-    areas = sched.areas(float(fit.get("lam") or DEFAULT_LAMBDA))
+    """(steps, predicted loss) of ``fit`` along ``sched``; every step 1..N unless ``steps`` is given.
+    NaN where the law is undefined (step 0: no LR area yet)."""
     if steps is None:
         steps = np.arange(1, sched.lrs.size + 1)
     steps = np.asarray(steps, dtype=np.int64)
     if steps.size and (steps.min() < 0 or steps.max() > sched.lrs.size):
         raise LawError(f"run {sched.run_id!r}: steps beyond its LR history ({sched.lrs.size} updates)")
-    hidden, shift = decompose(fit, areas.at(steps), sched.ratio)
-    return steps, hidden + shift
+    pred = _library_predict(fit, sched, steps)
+    if pred is None:
+        areas = sched.areas(float(fit.get("lam") or DEFAULT_LAMBDA))
+        with np.errstate(all="ignore"):
+            hidden, shift = decompose(fit, areas.at(steps), sched.ratio)
+        pred = hidden + shift
+    return steps, np.where(np.isfinite(pred), pred, np.nan)
+
+
+def _library_predict(fit: Mapping, sched: RunSchedule, steps: np.ndarray) -> np.ndarray | None:
+    """The law library's prediction, or None when it cannot rebuild this fit (then the closed form is used)."""
+    try:
+        from cptlaws.curves import Curve
+        from cptlaws.fit import FitResult
+    except ImportError:
+        return None
+    try:
+        res = FitResult.from_dict({k: v for k, v in fit.items() if not k.startswith("_")})
+        curve = Curve(run_id=sched.run_id, lrs=sched.lrs, steps=steps, loss=np.ones(steps.size),
+                      transfer=sched.transfer, ratio=sched.ratio, n_params=sched.n_params,
+                      warmup_steps=sched.warmup_steps, split=str(fit.get("split", "")))
+        return np.asarray(res.predict_arrays([curve])[0], dtype=float)
+    except (ValueError, KeyError, TypeError) as exc:
+        if fit.get("law") in DRAWABLE_LAWS:
+            return None
+        raise LawError(f"fit {fit.get('_path', fit.get('law'))}: cannot evaluate law {fit.get('law')!r} on run "
+                       f"{sched.run_id!r}: {exc}") from None

@@ -25,8 +25,9 @@ COL2 = 6.75  # double column width, inches
 DPI = 300
 FORMATS = ("pdf", "png")
 
-# Okabe-Ito: distinguishable under the common colour-vision deficiencies and in greyscale by lightness.
-OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
+# Okabe-Ito: distinguishable under the common colour-vision deficiencies. Its yellow (#F0E442) vanishes
+# on white paper, so Paul Tol's olive takes its place; black is kept for the fitted law.
+OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#999933", "#000000"]
 GREY = "#7f7f7f"
 LAW_COLOR = "#000000"
 LINESTYLES = ["-", "--", ":", "-."]
@@ -94,6 +95,16 @@ def figure(width: float = COL1, height: float | None = None, nrows: int = 1, nco
     kw.setdefault("squeeze", False)
     fig, axes = plt.subplots(nrows, ncols, figsize=(width, height), layout="constrained", **kw)
     return fig, axes
+
+
+def sci_scale(values) -> tuple[float, str]:
+    """(divisor, label suffix) that puts values of ~1e-3 into the axis label, e.g. ' ($10^{-3}$)':
+    matplotlib's offset text would otherwise sit on the panel letter."""
+    vmax = float(np.nanmax(np.abs(values))) if np.size(values) else 0.0
+    if not np.isfinite(vmax) or vmax == 0 or 1e-2 <= vmax < 1e3:
+        return 1.0, ""
+    e = int(np.floor(np.log10(vmax)))
+    return 10.0**e, f" ($\\times 10^{{{e}}}$)"
 
 
 def panel_label(ax, letter: str) -> None:

@@ -36,8 +36,8 @@ def sig(x, n: int = 3) -> str:
 
 def fit_label(fit: dict, study: Study) -> str:
     """'replay · code · general': law, CPT domain of the fitted runs (if one), validation set."""
-    domain = ""
-    if study.runs is not None:
+    domain = str(fit.get("domain") or "")
+    if not domain and study.runs is not None:
         r = study.runs[study.runs["run_id"].isin(fit_scope(fit)) & (study.runs["phase"] == "cpt")]
         doms = sorted(set(r["domain"]))
         domain = doms[0] if len(doms) == 1 else ""
@@ -71,7 +71,8 @@ def _cell(v, tex: bool) -> str:
 
 
 def _tex_escape(s: str) -> str:
-    return s.replace("_", r"\_").replace("%", r"\%").replace("&", r"\&").replace("·", r"$\cdot$")
+    return (s.replace("_", r"\_").replace("%", r"\%").replace("&", r"\&").replace("·", r"$\cdot$")
+            .replace("≤", r"$\le$").replace("–", "--"))
 
 
 def _tex(df: pd.DataFrame, caption: str, label: str, first_col: str, math_index=None) -> str:
@@ -96,18 +97,27 @@ def _md(df: pd.DataFrame, first_col: str) -> str:
 
 
 def heldout_frame(study: Study) -> pd.DataFrame:
-    """Mean held-out metrics per (check, law, split) with the number of runs (and passes, if known)."""
+    """Per (check, law, model, domain, split): held-out runs, mean metrics, the check's criterion, passes.
+
+    Relative errors are shown in %. Rows without per-run metrics (a CMR check) show only the criterion."""
     h = study.heldout.copy()
-    keys = [k for k in ("check", "law", "domain", "split") if k in h.columns]
+    keys = [k for k in ("check", "law", "model", "domain", "split") if k in h.columns]
+    for k in keys:
+        h[k] = h[k].fillna("").astype(str)
     metrics = [m for m in METRICS if m in h.columns]
     rows = []
-    groups = h.groupby(keys, sort=False) if keys else [((), h)]
+    groups = h.groupby(keys, sort=False, dropna=False) if keys else [((), h)]
     for key, g in groups:
         key = key if isinstance(key, tuple) else (key,)
-        row = {"held-out check": " · ".join(str(k) for k in key if str(k)) or "all", "runs": str(len(g))}
+        n_runs = int((g["run_id"].astype(str) != "").sum())
+        row = {"held-out check": " · ".join(k for k in key if k) or "all", "runs": str(n_runs or len(g))}
         for m in metrics:
-            v = g[m].astype(float).mean()
+            v = pd.to_numeric(g[m], errors="coerce").mean()
             row[m] = sig(100 * v if m in ("mean_rel", "worst_rel") else v)
+        if {"metric", "value", "threshold"} <= set(g.columns):
+            val = pd.to_numeric(g["value"], errors="coerce")
+            worst = val.max()
+            row["criterion (worst run)"] = f"{g['metric'].iloc[0]} {sig(worst)} ≤ {sig(float(g['threshold'].iloc[0]))}"
         if "passed" in g.columns:
             row["passed"] = f"{int(g['passed'].astype(bool).sum())}/{len(g)}"
         rows.append(row)
@@ -133,7 +143,8 @@ def write_tables(study: Study, out_dir: str | Path) -> dict:
         df = heldout_frame(study)
         tex_df = df.rename(columns=_METRIC_HEAD)
         md_df = df.rename(columns=_METRIC_MD)
-        cap = "Held-out prediction error, averaged over the held-out runs of each check."
+        cap = ("Held-out prediction error, averaged over the held-out runs of each check; relative errors in "
+               "\\%; criterion: the check's metric for its worst run against the threshold.")
         p1, p2 = out_dir / "tab_heldout.tex", out_dir / "tab_heldout.md"
         write_text(p1, _tex(tex_df, cap, "tab:heldout", "check"))
         write_text(p2, "Held-out prediction error (mean over the check's held-out runs).\n\n" + _md(md_df, "check"))
