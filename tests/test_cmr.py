@@ -169,6 +169,18 @@ def test_cmr_matches_analytic(interp, lam, eps):
     json.dumps(res.to_dict(), allow_nan=False)
 
 
+def test_cmr_ragged_per_ratio_grids_and_missing_points():
+    G, D = _increments()
+    Ts = [T_GRID if i % 2 else T_GRID[::2] for i in range(RATIOS.size)]
+    Gs = [G[i] if i % 2 else G[i][::2] for i in range(RATIOS.size)]
+    Ds = [D[i] if i % 2 else D[i][::2] for i in range(RATIOS.size)]
+    Gs[1] = Gs[1].copy()
+    Gs[1][4] = np.nan  # a missing eval is skipped, not fitted
+    res = cmr.critical_mixture_ratio(RATIOS, Ts, Gs, Ds, eps=0.2, lam=math.inf)
+    assert res.T_max == 29.0  # largest T common to every ratio
+    assert res.cmr == pytest.approx(_analytic_cmr(29.0, math.inf, 0.2)[0], abs=1e-6)
+
+
 def test_cmr_no_feasible_ratio_is_reported_not_garbage():
     G, D = _increments(offset=0.2)  # general loss 0.2 nats worse for every ratio
     res = cmr.critical_mixture_ratio(RATIOS, T_GRID, G, D, eps=0.05, lam=math.inf, T_max=30.0)
@@ -479,6 +491,7 @@ def test_cli_curves(tmp_path, capsys):
     assert data["cmr"]["cmr"] == pytest.approx(_analytic_cmr(30.0, math.inf, 0.2)[0], abs=1e-6)
     assert "CMR = " in capsys.readouterr().out
     assert set(pd.read_parquet(table).columns) >= {"run_id", "ratio", "split", "T", "dL", "fit"}
+    assert data["tables"] == {"increments": str(table)}
     # malformed input: one line naming the file and the problem, exit 2, nothing written
     bad = tmp_path / "bad.csv"
     df.assign(loss=df["loss"].where(df.index != 7, -2.0)).to_csv(bad, index=False)

@@ -70,7 +70,9 @@ def register(subparsers) -> None:
     )
     g.add_argument("--f-scale", type=float, default=1.0, help="residual scale of a robust --loss (nats)")
     g.add_argument("--n-prefix", type=int, default=8, help="token budgets for CMR vs tokens and the CMR law (0: off)")
-    g.add_argument("--table-out", help="write per-point increments and fits here (.parquet or .csv)")
+    g.add_argument(
+        "--table-out", help="write per-point increments and fits here (.parquet or .csv) instead of into the JSON"
+    )
     h = p.add_argument_group("from CMR-law parameters")
     h.add_argument(
         "--params",
@@ -225,6 +227,8 @@ def _run_curves(args) -> int:
             write_text(args.table_out, tab.to_csv(index=False))
         else:
             write_parquet(args.table_out, tab)
+        # the per-point table lives in its own file; keep the JSON small
+        result = {**result, "tables": {"increments": str(args.table_out)}}
     _emit(result, args.out)
     if args.out:
         c = result["cmr"]
