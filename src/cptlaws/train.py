@@ -559,6 +559,7 @@ def train(config: Mapping | str | os.PathLike, *, resume: bool = True,
     curve_rows: list[dict] = []
     tlog: dict[str, list] = {"step": [], "lr": [], "tokens": [], "train_loss": [], "grad_norm": []}
     start, tokens0, wall_prev, resumed_from = 0, 0, 0.0, []
+    step_time = [0.0]  # seconds inside training steps only (no eval / checkpoint): train_tokens_per_s
     ckpts = _ckpt_dirs(out_dir) if resume else []
     if ckpts:
         step_c, path_c = ckpts[-1]
@@ -575,6 +576,7 @@ def train(config: Mapping | str | os.PathLike, *, resume: bool = True,
         start = st["step"] - offset
         tokens0 = st["tokens_at_start"]
         wall_prev = st["wall_time_s"]
+        step_time[0] = st.get("train_time_s", 0.0)
         resumed_from = st.get("resumed_from", []) + [st["step"]]
     elif cfg["phase"] == "cpt":
         ini = cfg["init"]
@@ -641,6 +643,8 @@ def train(config: Mapping | str | os.PathLike, *, resume: bool = True,
                 "steps_done": len(tlog["step"]), "final_step": offset + len(tlog["step"]),
                 "tokens": tokens_at_start + done_tokens, "wall_time_s": w,
                 "tokens_per_s": done_tokens / w if w > 0 else None,
+                "train_time_s": step_time[0],
+                "train_tokens_per_s": done_tokens / step_time[0] if step_time[0] > 0 else None,
                 "lr_history_sha256": lr_sha, "lr_history_len": len(full_lrs),
                 "world_size": world, "device": str(device), "dtype": dtype, "compile": bool(use_compile),
                 "fused_adamw": bool(fused), "threads": rt["threads"], "resumed_from": resumed_from,
@@ -664,7 +668,7 @@ def train(config: Mapping | str | os.PathLike, *, resume: bool = True,
             state = {"model": raw_model.state_dict(), "optimizer": opt.state_dict(), "sampler": sampler.state_dict(),
                      "rng": _rng_state(), "step": step, "tokens": tokens_at_start + (step - offset) * tokens_per_step,
                      "tokens_at_start": tokens_at_start, "curve_rows": curve_rows, "trainlog": tlog,
-                     "wall_time_s": wall(), "resumed_from": resumed_from}
+                     "wall_time_s": wall(), "train_time_s": step_time[0], "resumed_from": resumed_from}
             cm = {"run_id": run, "phase": cfg["phase"], "step": step, "tokens": state["tokens"],
                   "config_hash": chash, "config": cfg, "vocab_size": vocab, "n_params": n_params,
                   "n_nonembed": n_nonembed}
@@ -724,6 +728,7 @@ def train(config: Mapping | str | os.PathLike, *, resume: bool = True,
     model.train()
     try:
         for s in range(start + 1, cfg["steps"] + 1):
+            t0 = time.perf_counter()
             g = offset + s
             lr = float(lrs[s - 1])
             for group in opt.param_groups:
@@ -746,6 +751,7 @@ def train(config: Mapping | str | os.PathLike, *, resume: bool = True,
             is_ckpt = g in transfer or (cfg["checkpoint"]["every"] and s % cfg["checkpoint"]["every"] == 0)
             if is_eval or is_ckpt or len(pending) >= sync_every:
                 flush()
+            step_time[0] += time.perf_counter() - t0
             if is_eval:
                 ev = add_eval(g, tok, lr, tlog["train_loss"][-1])
                 _check_finite(ev, g, run, _diverged)
