@@ -17,9 +17,12 @@ $(BIN)/cptlaws: pyproject.toml constraints/cpu.txt
 
 setup: $(BIN)/cptlaws
 
+# The rules call `cptlaws`: put the venv first on PATH so an unactivated `make study` finds it.
+study: export PATH := $(abspath $(BIN)):$(PATH)
 study: setup
 	$(BIN)/snakemake --profile profiles/local --cores $(CORES)
 
+test: export PATH := $(abspath $(BIN)):$(PATH)
 test: setup
 	$(BIN)/python -m pytest -q tests
 

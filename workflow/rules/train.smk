@@ -12,7 +12,7 @@ rule train:
     log:
         "logs/train/{run}.log",
     benchmark:
-        "benchmarks/train/{run}.tsv"
+        "logs/benchmarks/train/{run}.tsv"
     conda:
         "../../envs/cptlaws.yaml"
     threads: RES["train"]["threads"]
