@@ -4,12 +4,14 @@ that cannot reach SLURM stops at once with a message saying why."""
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -231,3 +233,117 @@ def test_no_slurm_commands_fails_fast(tmp_path):
     )
     log = p.stdout + p.stderr
     _assert_fails_fast(p, log, time.monotonic() - t0, "SLURM client commands not found on PATH", work)
+
+
+# --- the real study on SLURM ------------------------------------------------------------------------
+
+TIMING_COLUMNS = {"wall_time_s", "tokens_per_s", "train_time_s", "train_tokens_per_s"}
+
+
+def _study_on_slurm(work: Path, config: Path, prof: Path, venv_bin: Path, *targets: str, timeout: float = 1500):
+    from conftest import SNAKEFILE
+
+    env = {"PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"}  # jobs inherit it: rules call `cptlaws`
+    args = ["--snakefile", str(SNAKEFILE), "--directory", str(work), "--profile", str(prof), "--configfile", str(config)]
+    return subprocess.Popen(
+        [str(venv_bin / "snakemake"), *args, *targets], cwd=work, env={**os.environ, **env},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+
+def _wait(proc: subprocess.Popen, timeout: float) -> str:
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        pytest.fail(f"snakemake on SLURM did not finish within {timeout} s (hang?)\n{out[-5000:]}")
+    return out
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_smoke_study_on_slurm_equals_local_run(slurm_cluster, smoke_study, tmp_path, venv_bin):
+    from cptlaws.config import load_study
+
+    local, _, config = smoke_study
+    work = tmp_path / "study"
+    work.mkdir()
+    prof = make_profile(tmp_path / "profile")
+    t0 = time.monotonic()
+    log = _wait(_study_on_slurm(work, config, prof, venv_bin), timeout=1500)
+    assert "SLURM preflight ok" in log, log[-5000:]
+    assert "Nothing to be done" not in log
+    assert (work / "results/figures/fig2_loss_curves.pdf").exists(), log[-5000:]
+
+    jobs = sacct_jobs(run_uuid(log))
+    runs = set(load_study(config).runs)
+    train = {j["Comment"].removeprefix("rule_train_wildcards_"): j for j in jobs if j["Comment"].startswith("rule_train")}
+    print(f"\nsmoke study on SLURM: {len(jobs)} jobs went through sbatch ({len(train)} training), "
+          f"{time.monotonic() - t0:.0f} s")  # fmt: skip
+    assert set(train) == runs, "every training run is its own SLURM job"
+    assert all(j["State"] == "COMPLETED" for j in jobs), [(j["Comment"], j["State"]) for j in jobs]
+    assert "--gpus=1" in next(iter(train.values()))["SubmitLine"]
+    assert {"rule_collect", "rule_fit_cpt", "rule_check", "rule_figures"} <= {j["Comment"] for j in jobs}
+
+    # the same config gives the same tables, whether the jobs ran locally or on SLURM
+    for name in ("curves", "lrs"):
+        a = pd.read_parquet(local / f"results/tables/{name}.parquet")
+        b = pd.read_parquet(work / f"results/tables/{name}.parquet")
+        pd.testing.assert_frame_equal(a, b, check_exact=True)
+    a = pd.read_parquet(local / "results/tables/runs.parquet")
+    b = pd.read_parquet(work / "results/tables/runs.parquet")
+    keep = [c for c in a.columns if c not in TIMING_COLUMNS]
+    pd.testing.assert_frame_equal(a[keep], b[keep], check_exact=True)
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_preempted_training_resumes(slurm_cluster, tmp_path, venv_bin):
+    """A training job cancelled mid-run is resubmitted (the profile's retries), resumes from its last
+    checkpoint and ends with the curve of an uninterrupted run."""
+    from conftest import SMOKE
+
+    from cptlaws.config import load_study
+
+    cfg = yaml.safe_load(SMOKE.read_text())
+    cfg["pt"]["steps"] = 600  # long enough (~30 s) to cancel it between checkpoints
+    cfg["train"]["checkpoint_every"] = 40
+    cfg["cpt"]["grids"] = [dict(g, transfer_step=[100]) for g in cfg["cpt"]["grids"]][:1]
+    work = tmp_path / "study"
+    work.mkdir()
+    config = work / "study.yaml"
+    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    study = load_study(config)
+    (pt,) = study.pt_runs
+    prof = make_profile(tmp_path / "profile")
+    proc = _study_on_slurm(work, config, prof, venv_bin, f"results/runs/{pt}/meta.json")
+
+    ckpt = work / "results" / "runs" / pt / "ckpt"
+    deadline = time.monotonic() + 600
+    while not any(p.name.startswith("step_") and int(p.name[5:]) >= 80 for p in ckpt.glob("step_*") if p.name[5:].isdigit()):
+        assert proc.poll() is None, f"snakemake ended before the run checkpointed:\n{proc.stdout.read()[-5000:]}"
+        assert time.monotonic() < deadline, "no periodic checkpoint within 600 s"
+        time.sleep(0.5)
+    q = subprocess.run(["squeue", "-h", "-o", "%i %k", "--states=RUNNING"], capture_output=True, text=True, timeout=60)
+    job = next(line.split()[0] for line in q.stdout.splitlines() if line.split()[1] == f"rule_train_wildcards_{pt}")
+    assert subprocess.run(["scancel", job], timeout=60).returncode == 0
+    log = _wait(proc, timeout=900)
+    assert proc.returncode == 0, log[-5000:]
+    assert "Trying to restart" in log or "retry" in log.lower(), log[-5000:]
+
+    meta = json.loads((work / "results" / "runs" / pt / "meta.json").read_text())
+    assert meta["resumed_from"] and meta["resumed_from"][0] >= 80, meta["resumed_from"]
+    states = [j["State"] for j in sacct_jobs(run_uuid(log)) if j["Comment"] == f"rule_train_wildcards_{pt}"]
+    assert any(s.startswith("CANCELLED") for s in states) and "COMPLETED" in states, states
+
+    # the same run, uninterrupted, on this machine
+    ref_cfg = json.loads((work / "results" / "runs" / pt / "config.json").read_text())
+    ref_cfg["out_dir"] = str(tmp_path / "ref")
+    (tmp_path / "ref.json").write_text(json.dumps(ref_cfg))
+    env = {**os.environ, "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"}
+    r = subprocess.run(["cptlaws", "train", str(tmp_path / "ref.json")], cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a = pd.read_parquet(tmp_path / "ref" / "curve.parquet").drop(columns=["run_id"], errors="ignore")
+    b = pd.read_parquet(work / "results" / "runs" / pt / "curve.parquet").drop(columns=["run_id"], errors="ignore")
+    pd.testing.assert_frame_equal(a.reset_index(drop=True), b.reset_index(drop=True), check_exact=True)

@@ -8,12 +8,9 @@ that config against its outputs and read which jobs Snakemake would schedule.
 from __future__ import annotations
 
 import copy
-import json
-import os
-import re
 import subprocess
+import json
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -23,50 +20,9 @@ import yaml
 from cptlaws.config import load_study
 from cptlaws.schedules import lr_array, phase_lrs
 
-REPO = Path(__file__).resolve().parents[1]
-SNAKEFILE = REPO / "workflow" / "Snakefile"
-PROFILE = REPO / "profiles" / "local"
-SMOKE = REPO / "config" / "studies" / "smoke.yaml"
+from conftest import SMOKE, scheduled, snakemake, write_config
 
 pytestmark = pytest.mark.slow
-
-
-def snakemake(workdir: Path, config: Path, *extra: str, venv_bin: Path, timeout: float = 900):
-    env = dict(os.environ)
-    env["PATH"] = f"{venv_bin}{os.pathsep}{env.get('PATH', '')}"  # the rules call `cptlaws`
-    cmd = [str(venv_bin / "snakemake"), "--snakefile", str(SNAKEFILE), "--directory", str(workdir),
-           "--profile", str(PROFILE), "--cores", "2", "--configfile", str(config), *extra]  # fmt: skip
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=workdir)
-
-
-def scheduled(out: str) -> dict[str, list[str]]:
-    """rule -> [wildcards] of the jobs in a dry run's log."""
-    jobs: dict[str, list[str]] = {}
-    for block in re.split(r"\n(?=(?:local)?rule \w+:)", out):
-        m = re.match(r"(?:local)?rule (\w+):", block.strip())
-        if not m:
-            continue
-        w = re.search(r"wildcards: (.*)", block)
-        jobs.setdefault(m.group(1), []).append(w.group(1).strip() if w else "")
-    return jobs
-
-
-def write_config(path: Path, cfg: dict) -> Path:
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return path
-
-
-@pytest.fixture(scope="module")
-def smoke_study(tmp_path_factory, venv_bin):
-    wd = tmp_path_factory.mktemp("smoke")
-    cfg = yaml.safe_load(SMOKE.read_text())
-    config = write_config(wd / "study.yaml", cfg)
-    t0 = time.perf_counter()
-    p = snakemake(wd, config, venv_bin=venv_bin)
-    wall = time.perf_counter() - t0
-    assert p.returncode == 0, f"smoke study failed:\n{p.stdout[-4000:]}\n{p.stderr[-6000:]}"
-    print(f"smoke study: {wall:.1f} s")
-    return wd, cfg, config
 
 
 def test_smoke_study_writes_every_output(smoke_study):
@@ -171,3 +127,10 @@ def test_bad_config_stops_at_parse_time(tmp_path, venv_bin):
     assert p.returncode != 0
     assert "cpt.grids[0].ratio" in p.stdout + p.stderr, (p.stdout + p.stderr)[-2000:]
     assert not (tmp_path / "results").exists() and not (tmp_path / "resources").exists()
+
+
+def test_workflow_is_lint_and_format_clean(venv_bin, repo_root):
+    lint = subprocess.run([str(venv_bin / "snakemake"), "--lint"], cwd=repo_root, capture_output=True, text=True, timeout=300)
+    assert lint.returncode == 0 and "Congratulations" in lint.stdout + lint.stderr, (lint.stdout + lint.stderr)[-3000:]
+    fmt = subprocess.run([str(venv_bin / "snakefmt"), "--check", "workflow"], cwd=repo_root, capture_output=True, text=True, timeout=120)
+    assert fmt.returncode == 0, fmt.stdout + fmt.stderr

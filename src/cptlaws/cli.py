@@ -1,5 +1,7 @@
-"""`cptlaws` command line. Each area registers its own sub-commands from its own module, so the
-CLI stays one entry point without every area editing one file."""
+"""cptlaws: fit CPT / LR-annealing / CMR laws to loss curves, train PT and CPT runs, run study steps.
+
+Each area registers its own sub-commands from its own module, so the CLI stays one entry point without
+every area editing one file."""
 
 from __future__ import annotations
 
