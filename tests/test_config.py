@@ -193,3 +193,11 @@ def test_default_study_has_every_analysis():
     assert len({r["ratio"] for r in cpt}) >= 4
     assert len({r["cpt_schedule"] for r in cpt}) >= 2
     assert {c["kind"] for c in s.config["checks"]} == {"runs", "time", "cmr"}
+
+
+def test_check_metric_defaults_by_kind():
+    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    for chk in cfg["checks"]:
+        chk.pop("metric", None)
+    metrics = {c["name"]: (c["kind"], c["metric"]) for c in load_study(cfg).config["checks"]}
+    assert {k: m for k, m in metrics.values()} == {"runs": "mean_rel", "time": "mean_rel", "cmr": "abs_err"}

@@ -2,6 +2,7 @@
 curves (the CPT law from the paper's published fits, laws.md section 3; LRA and MPL from their own)."""
 
 import dataclasses
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -164,6 +165,9 @@ def _gradcheck(law, p, curves):
     ("replay", {"split_role": "general"}, [3.0, 0.5, 0.5, 0.3, 0.3, 0.37, 28.0, 0.19, 0.5, 2.0]),
     ("replay", {"split_role": "domain"}, [3.0, 0.5, 0.5, 0.3, 0.3, -0.6, 500.0, 0.15, -0.5, 1.5]),
     ("replay_rpt", {"split_role": "domain"}, [3.0, 0.5, 0.5, 0.3, 0.3, -0.6, 500.0, 0.15, -0.5, 1.5]),
+    ("replay_sat", {"split_role": "domain"}, [3.0, 0.5, 0.5, 0.3, 0.3, -0.6, 500.0, 0.15, -0.5, 6.0]),
+    ("replay_flex", {"split_role": "domain"}, [3.0, 0.5, 0.5, 0.3, 0.3, -0.6, 500.0, 0.15, -0.5, -4.0]),
+    ("replay_flex", {"split_role": "general"}, [3.0, 0.5, 0.5, 0.3, 0.3, 0.4, 50.0, 0.3, 0.5, 3.0]),
     ("size", {}, [2.5, 0.5, 0.5, 0.3, 0.3, 0.1, -0.1, 0.37, 28.0, 0.19, 2.0, 0.3]),
     ("mpl", {}, [2.8, 0.5, 0.5, 400.0, 2.0, 0.5, 0.6]),
     ("mixing", {}, [2.0, 0.5, -1.5]),
@@ -214,3 +218,54 @@ def test_mixing_law_fit():
     res = fit_law("mixing", curves, n_starts=200)
     assert res.params["t"] == pytest.approx(-1.5, rel=1e-3)
     assert res.params["c"] == pytest.approx(2.0, abs=1e-3)
+
+
+def _ratio_design(ratios=(0.25, 0.5, 1.0)):
+    pts = [dataclasses.replace(pt_run(n, s), ratio=0.0) for n, s in (("pt-cos", PT_COS), ("pt-wsd", PT_WSD))]
+    cpts = [dataclasses.replace(cpt_run(f"cpt-r{r}", PT_COS, 10000, CPT_COS), ratio=r) for r in ratios]
+    cpts += [dataclasses.replace(cpt_run("cpt-r1-wsd", PT_WSD, 16000, CPT_WSD), ratio=1.0)]
+    return pts + cpts
+
+
+@pytest.mark.parametrize("name, role", [("replay", "domain"), ("replay", "general"), ("replay_sat", "domain"),
+                                        ("replay_flex", "domain"), ("replay_flex", "general")])
+def test_replay_warm_starts_reproduce_the_cpt_fit_at_the_top_ratio(name, role):
+    law = get_law(name, split_role=role)
+    curves = _ratio_design()
+    base = {"L0": 3.0, "A": 0.5, "alpha": 0.5, "C1": 0.3, "C2": 0.3, "B": -0.6 if role == "domain" else 0.4, "E": 300.0, "beta": 0.3}
+    seen = []
+    starts = law.warm_starts(curves, lambda n, cs: seen.append((n, [c.run_id for c in cs])) or SimpleNamespace(params=base))
+    assert seen == [("cpt", ["pt-cos", "pt-wsd", "cpt-r1.0", "cpt-r1-wsd"])]  # PT runs + the runs at r = 1
+    top = [c for c in curves if c.ratio == 1.0]
+    ref = get_law("cpt").predict({k: np.float64(v) for k, v in base.items()}, get_law("cpt").features(top, 0.999))
+    assert len(starts) >= 4
+    for s in starts:
+        got = law.predict({k: np.float64(v) for k, v in s.items()}, law.features(top, 0.999))
+        np.testing.assert_allclose(got, ref, rtol=1e-12)
+
+
+def test_saturating_domain_gain_needs_replay_sat():
+    """Domain loss whose gain is mostly there at r = 0.25: replay_sat recovers it and predicts an unseen
+    ratio; Eq. 8 as written (convex in r) cannot fit it."""
+    truth = {"L0": 3.0, "A": 0.5, "alpha": 0.5, "C1": 0.3, "C2": 0.3, "B": -0.8, "E": 300.0, "beta": 0.3, "a1": -0.5, "a2": 8.0}
+    rng = np.random.default_rng(3)
+    law = get_law("replay_sat", split_role="domain")
+    fit_c, _ = synth(law, truth, _ratio_design((0.25, 0.5, 1.0)), 0.002, rng)
+    held, held_truth = synth(law, truth, [dataclasses.replace(cpt_run("cpt-r0.75", PT_COS, 10000, CPT_COS), ratio=0.75)], 0.0, rng)
+    sat = fit_law("replay_sat", fit_c, n_starts=300, law_options={"split_role": "domain"})
+    pred = sat.predict_arrays(held)[0]
+    assert np.mean(np.abs(pred - held_truth[0])) < 0.005
+    eq8 = fit_law("replay", fit_c, n_starts=300, law_options={"split_role": "domain"})
+    assert eq8.diagnostics["objective"] > 5 * sat.diagnostics["objective"]
+
+
+def test_flex_mixing_factor_is_normalised_and_smooth_through_zero():
+    law = get_law("replay_flex", split_role="general")
+    r = np.linspace(0.0, 1.0, 11)
+    for a2 in (-8.0, -1e-9, 0.0, 1e-9, 3.0):
+        v, d = law._mix(np.float64(a2), r)
+        assert v[0] == pytest.approx(0.0, abs=1e-12) and v[-1] == pytest.approx(1.0, abs=1e-9)
+        h = 1e-5
+        num = (law._mix(np.float64(a2 + h), r)[0] - law._mix(np.float64(a2 - h), r)[0]) / (2 * h)
+        np.testing.assert_allclose(d, num, atol=1e-6)
+    assert np.all(law._mix(np.float64(-8.0), r)[0] >= r) and np.all(law._mix(np.float64(3.0), r)[0] <= r)

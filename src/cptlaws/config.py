@@ -456,7 +456,8 @@ def _check_checks(study: Study) -> None:
             for part in ("fit", "predict"):
                 if part in chk:
                     raise ConfigError(f"config key '{base}.{part}': only used by checks of kind 'runs' (use 'select')")
-        if kind == "cmr" and chk.get("metric", "abs_err") not in ("abs_err",):
+        chk.setdefault("metric", "abs_err" if kind == "cmr" else "mean_rel")  # the schema leaves it to the kind
+        if kind == "cmr" and chk["metric"] != "abs_err":
             raise ConfigError(f"config key '{base}.metric': a cmr check compares ratios: use metric 'abs_err'")
         if kind != "cmr" and chk["metric"] == "abs_err":
             raise ConfigError(f"config key '{base}.metric': 'abs_err' is only for cmr checks")

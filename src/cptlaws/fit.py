@@ -299,8 +299,13 @@ def _fit_law(
     n_refine: int = 12,
     lam_range: tuple[float, float] = LAMBDA_RANGE,
     law_options: dict | None = None,
+    init: list[dict] | None = None,
+    warm_start: bool = True,
 ) -> FitResult:
-    """Fit ``law`` to ``curves`` (list of Curve). ``lam`` is a number or "fit". See the module doc."""
+    """Fit ``law`` to ``curves`` (list of Curve). ``lam`` is a number or "fit". See the module doc.
+
+    ``init``: extra starts (full parameter dicts); ``warm_start``: add the law's own warm starts
+    (``Law.warm_starts``, e.g. the replay law from a CPT-law fit)."""
     t0 = time.perf_counter()
     law = get_law(law, **(law_options or {}))
     curves = list(curves)
@@ -334,14 +339,28 @@ def _fit_law(
         lam = float(lam)
         if not 0.0 <= lam < 1.0:
             raise FitError(f"lam = {lam!r} must be in [0, 1)")
-        run, _ = _fit_at_lambda(law, sel, lam, y, n_starts, n_refine, huber_delta, fixed, rng, warmup_as_peak)
+    starts = list(init or [])
+    if warm_start:
+        def nested(name, cs):
+            return _fit_law(name, cs, n_starts=max(n_starts // 2, 50), lam=lam if not fit_lam else DEFAULT_LAMBDA,
+                            huber_delta=huber_delta, drop_warmup=False, seed=seed, warmup_as_peak=warmup_as_peak,
+                            n_refine=n_refine, warm_start=False)
+
+        starts += law.warm_starts(sel, nested)
+    for s in starts:
+        missing = [n for n in law.params if n not in s]
+        if missing:
+            raise FitError(f"law '{law.name}': a start lacks parameter(s) {', '.join(missing)}")
+    extra = [np.array([float(s[n]) for n in law.params]) for s in starts]
+    if not fit_lam:
+        run, _ = _fit_at_lambda(law, sel, lam, y, n_starts, n_refine, huber_delta, fixed, rng, warmup_as_peak, extra)
     else:
         # outer 1-D search in x = log(1 - lambda): grid, then golden-section between the best's neighbours
         xs = np.linspace(math.log(1 - lam_range[1]), math.log(1 - lam_range[0]), 8)
         runs = []
         for x in xs:
             r, _ = _fit_at_lambda(law, sel, 1 - math.exp(x), y, n_starts, n_refine, huber_delta, fixed, rng,
-                                  warmup_as_peak, [runs[-1][1].p] if runs else ())
+                                  warmup_as_peak, ([runs[-1][1].p] if runs else []) + extra)
             runs.append((x, r))
             lam_trace.append((1 - math.exp(x), r.obj))
         j = int(np.argmin([r.obj for _, r in runs]))
@@ -380,7 +399,7 @@ def _fit_law(
         law_options=law.options(), fit_runs=sorted({c.run_id for c in curves}),
         options={"warmup_as_peak": warmup_as_peak, "huber_delta": huber_delta, "drop_warmup": drop_warmup,
                  "drop_first_frac": drop_first_frac, "lam_fitted": fit_lam, "n_refine": n_refine, "seed": seed,
-                 "fixed": dict(fixed or {})},
+                 "fixed": dict(fixed or {}), "n_init_starts": len(starts)},
     )
     diag = {
         "objective": run.obj, "n_starts": int(n_starts), "n_refined": run.n_refined, "n_near_best": run.n_near,

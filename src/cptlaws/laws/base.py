@@ -67,6 +67,11 @@ class Law:
         """Constructor options, stored with a fit so ``get_law(name, **options)`` rebuilds the law."""
         return {}
 
+    def warm_starts(self, curves, fit) -> list[dict]:
+        """Extra starts (full parameter dicts) from a nested, better-conditioned law; ``fit(name, curves)``
+        fits that law and returns its FitResult. Default: none."""
+        return []
+
     def check_curves(self, curves) -> None:
         """Raise ValueError when a curve lacks an input this law needs (ratio, N, ...)."""
 

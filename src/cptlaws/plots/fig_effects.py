@@ -74,7 +74,7 @@ def _law_line(study: Study, factor: str, group: pd.DataFrame, split: str, fit: d
     if base is None:
         return None
     xs, ys = [], []
-    if factor == "ratio" and fit["law"] in ("replay", "replay_rpt"):
+    if factor == "ratio" and fit["law"] in ("replay", "replay_rpt", "replay_sat", "replay_flex"):
         for r in np.linspace(0.0, 1.0, 41):
             xs.append(r)
             ys.append(law_curve(fit, replace(base, ratio=float(r)), [base.lrs.size])[1][0])
@@ -139,7 +139,7 @@ def draw_effect(ax, study: Study, factor: str, split_kind: str, group: pd.DataFr
         ax.set_xticks(sorted(set(x)), [fmt_lr(v) for v in sorted(set(x))])
         ax.minorticks_off()
     ax.set_xlabel(FACTORS[factor])
-    ax.set_ylabel(f"final {split_label(split)} loss")
+    ax.set_ylabel(f"final {split_label(split)} loss\n(nats/token)")
     if legend:
         ax.legend(loc="best")
     return True
