@@ -392,3 +392,14 @@ def test_cpt_forgets_general_and_learns_domain(tok, tmp_path):
     assert at(cpt_curve, 60, "general") == g_pt
     assert at(cpt_curve, 100, "general") > g_pt + 0.05
     assert at(cpt_curve, 100, "code") < d_pt - 1.0
+
+
+def test_micro_batches_accumulate_to_the_same_run(tok, pt_run, tmp_path):
+    # gradient accumulation over 4 micro-batches of 2 rows = one batch of 8 (up to float summation order)
+    out = tmp_path / "micro"
+    train(pt_cfg(tok, out, runtime={"threads": 1, "progress": False, "micro_batch": 2}))
+    a, b = read(pt_run), read(out)
+    np.testing.assert_allclose(b[0]["loss"], a[0]["loss"], rtol=2e-4)
+    np.testing.assert_allclose(b[1]["train_loss"], a[1]["train_loss"], rtol=2e-4)
+    with pytest.raises(ConfigError, match="runtime.micro_batch"):
+        train(pt_cfg(tok, tmp_path / "bad", runtime={"threads": 1, "progress": False, "micro_batch": 3}))

@@ -326,7 +326,7 @@ def _base_train(study: Study, run_id: str, phase: str, model: str, seed: int) ->
         valid[d] = study.token_dir(d)
     tr = cfg["train"]
     res = study.resources("train")
-    return {
+    base = {
         "run_id": run_id,
         "phase": phase,
         "out_dir": study.run_dir(run_id),
@@ -351,6 +351,9 @@ def _base_train(study: Study, run_id: str, phase: str, model: str, seed: int) ->
             "progress": False,  # progress bars only clutter the job logs
         },
     }
+    if tr["runtime"]["micro_batch"]:  # only when set: existing studies' run configs (and outputs) stay valid
+        base["runtime"]["micro_batch"] = tr["runtime"]["micro_batch"]
+    return base
 
 
 def _expand(study: Study) -> None:

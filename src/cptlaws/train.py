@@ -15,6 +15,7 @@ atomically; meta.json comes last, so its presence with ``status: ok`` marks a fi
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -65,7 +66,7 @@ DATA_KEYS = ("general", "domain", "ratio")
 OPTIM_KEYS = ("betas", "weight_decay", "grad_clip", "eps")
 INIT_KEYS = ("checkpoint", "pt_schedule", "pt_steps", "transfer_step", "optimizer", "data_cursor")
 CKPT_KEYS = ("transfer_steps", "every", "keep_last", "keep_periodic")
-RUNTIME_KEYS = ("threads", "device", "dtype", "compile", "fused_adamw", "progress", "sync_every")
+RUNTIME_KEYS = ("threads", "device", "dtype", "compile", "fused_adamw", "progress", "sync_every", "micro_batch")
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 # keys that do not change the numbers a run produces: excluded from the resume hash
 _HASH_EXCLUDE = {("out_dir",), ("checkpoint", "every"), ("checkpoint", "keep_last"),
@@ -319,6 +320,8 @@ def validate_config(raw: Mapping, source: str = "", check_paths: bool = True) ->
         "fused_adamw": v.choice(rt, "fused_adamw", "runtime.fused_adamw", (True, False, "auto"), default="auto"),
         "progress": v.boolean(rt, "progress", "runtime.progress", default=True),
         "sync_every": v.integer(rt, "sync_every", "runtime.sync_every", default=0, minimum=0),
+        # rows per forward/backward on each process (gradient accumulation); 0: the whole per-process batch
+        "micro_batch": v.integer(rt, "micro_batch", "runtime.micro_batch", default=0, minimum=0),
     }
     return out
 
@@ -497,6 +500,11 @@ def train(config: Mapping | str | os.PathLike, *, resume: bool = True,
         raise ConfigError(f"config {source}: key 'batch_size' = {cfg['batch_size']}: must be divisible by the "
                           f"{world} DDP processes")
     per_rank = cfg["batch_size"] // world
+    micro = rt["micro_batch"] or per_rank
+    if per_rank % micro:
+        raise ConfigError(f"config {source}: key 'runtime.micro_batch' = {micro}: must divide the per-process "
+                          f"batch ({per_rank} rows = batch_size / {world} processes)")
+    n_micro = per_rank // micro
 
     def barrier():
         if world > 1:
@@ -610,8 +618,8 @@ def train(config: Mapping | str | os.PathLike, *, resume: bool = True,
             for name, rows in valid.items():
                 mine = rows[rank::world]
                 tot = torch.zeros(2, dtype=torch.float64, device=device)
-                for i in range(0, len(mine), per_rank):
-                    chunk = mine[i : i + per_rank]
+                for i in range(0, len(mine), micro):
+                    chunk = mine[i : i + micro]
                     tot[0] += loss_of(raw_model, chunk, "sum").double()
                     tot[1] += chunk.shape[0] * seq_len
                 if world > 1:
@@ -735,8 +743,17 @@ def train(config: Mapping | str | os.PathLike, *, resume: bool = True,
                 group["lr"] = lr  # set before the update: update g uses exactly lrs[g-1]
             rows, _ = sampler.next_batch()
             mine = rows[rank * per_rank : (rank + 1) * per_rank]
-            loss = loss_of(fwd, mine)
-            loss.backward()
+            if n_micro == 1:
+                loss = loss_of(fwd, mine)
+                loss.backward()
+            else:  # equal micro-batches of fixed-length rows: the mean of their means is the batch mean
+                loss = 0.0
+                for j in range(n_micro):
+                    sync = world == 1 or j == n_micro - 1  # DDP all-reduces the gradients once, at the last
+                    with contextlib.nullcontext() if sync else model.no_sync():
+                        part = loss_of(fwd, mine[j * micro : (j + 1) * micro]) / n_micro
+                        part.backward()
+                    loss = loss + part.detach()
             gnorm = torch.nn.utils.clip_grad_norm_(params, clip)
             opt.step()
             opt.zero_grad(set_to_none=True)
