@@ -95,3 +95,31 @@ def test_cli_errors_are_one_line(tmp_path, inputs, capsys):
     assert main(["predict", str(tmp_path / "none.json"), "--schedules", str(sched), "--out", out]) == 2
     assert "none.json: no such file" in capsys.readouterr().err
     assert not (tmp_path / "f.json").exists()
+
+
+def test_input_mistakes_are_named_and_leave_no_output(tmp_path, inputs, capsys):
+    curves, sched, _ = inputs
+    out = tmp_path / "fit.json"
+    # a predictions file with an unknown suffix is refused before anything is written
+    rc = main(["fit", str(curves), "--schedules", str(sched), "--law", "lra", "--starts", "20", "--out", str(out),
+               "--predictions", str(tmp_path / "p.txt")])
+    assert rc == 2 and not out.exists() and "--predictions" in capsys.readouterr().err
+    # a fractional step is a malformed row, not a truncated step
+    df = pd.read_csv(curves)
+    df["step"] = df["step"].astype(float)
+    df.loc[3, "step"] = 150.5
+    bad = tmp_path / "bad.csv"
+    df.to_csv(bad, index=False)
+    assert main(["fit", str(bad), "--schedules", str(sched), "--law", "lra", "--out", str(out)]) == 2
+    assert "row 4" in capsys.readouterr().err and not out.exists()
+    # only the named runs need a schedule: a stray run without one is not an error
+    df = pd.read_csv(curves)
+    extra = pd.concat([df, df[df["run"] == "cos"].assign(run="stray")])
+    extra_path = tmp_path / "extra.csv"
+    extra.to_csv(extra_path, index=False)
+    assert main(["fit", str(extra_path), "--schedules", str(sched), "--law", "lra", "--fit-runs", "cos,const",
+                 "--starts", "20", "--out", str(out)]) == 0
+    # the CPT law on runs without a transfer step (e.g. from a dense LR table) is refused, not fitted as PT
+    assert main(["fit", str(curves), "--schedules", str(sched), "--law", "cpt", "--starts", "20",
+                 "--out", str(tmp_path / "cpt.json")]) == 2
+    assert "no CPT run" in capsys.readouterr().err and not (tmp_path / "cpt.json").exists()

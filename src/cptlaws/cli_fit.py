@@ -54,8 +54,12 @@ def cmd_fit(args) -> int:
     both = sorted(set(fit_runs) & set(pred_runs))
     if both:
         raise ValueError(f"run(s) {both} are in both --fit-runs and --predict-runs")
+    if args.predictions and Path(args.predictions).suffix.lower() not in (".csv", ".parquet", ".pq"):
+        raise ValueError(f"{args.predictions}: --predictions must end in .parquet or .csv")  # before any output
+    # only the named runs need an LR history, when runs are named
+    wanted = sorted(set(fit_runs) | set(pred_runs)) if fit_runs else None
     curves = load_curves(args.curves, lr_path=args.lr, schedules_yaml=args.schedules, split=args.split,
-                         warmup_steps=args.warmup_steps)
+                         runs=wanted, warmup_steps=args.warmup_steps)
     names = {c.run_id for c in curves}
     missing = sorted((set(fit_runs) | set(pred_runs)) - names)
     if missing:

@@ -248,10 +248,14 @@ def load_curves(
     bad = np.nonzero(np.isnan(step))[0]
     if bad.size:
         raise CurveError(f"{path}: row {int(bad[0]) + 1}: step is missing")
+    bad = np.nonzero(step != np.round(step))[0]
+    if bad.size:  # a step counts optimizer updates: 150.5 is a malformed file, not step 150
+        i = int(bad[0])
+        raise CurveError(f"{path}: row {i + 1} (run '{df[rc].iloc[i]}'): step must be a whole number of updates, got {step[i]:g}")
     bad = np.nonzero(~np.isfinite(loss) | (loss <= 0))[0]
     if bad.size:
         i = int(bad[0])
-        raise CurveError(f"{path}: row {i + 1} (run '{df[rc].iloc[i]}', step {step[i]:g}): loss must be finite and > 0, got {df['loss'].iloc[i]!r}")
+        raise CurveError(f"{path}: row {i + 1} (run '{df[rc].iloc[i]}', step {step[i]:g}): loss must be finite and > 0, got {loss[i]:g}")
     if "split" in df.columns:
         if split is not None:
             keep = (df["split"].astype(str) == split).to_numpy()

@@ -24,11 +24,24 @@ def shift_jac(B, E, beta, x, u, ub):
     return 1.0 - ub, B * beta * x * ub / u, B * ub * np.log(u)
 
 
+def require_cpt_run(name: str, curves) -> None:
+    """The CPT laws need at least one run with a transfer step: without one the shift term and C2 are
+    unidentified and the fit would silently be an LR-annealing fit with extra free parameters."""
+    if curves and all(c.transfer is None for c in curves):
+        raise ValueError(
+            f"law '{name}': no CPT run among the {len(curves)} curve(s) (none has a transfer step); a dense --lr "
+            "table carries no transfer step: give the runs in a schedules YAML with 'transfer' (docs/fitting.md)"
+        )
+
+
 class CPTLaw(Law):
     name = "cpt"
     params = ("L0", "A", "alpha", "C1", "C2", "B", "E", "beta")
     log_params = frozenset({"A", "alpha", "C1", "C2", "E", "beta"})
     description = "CPT law Eq. 4 (Wang et al. 2505.07796), one parameter set per validation set"
+
+    def check_curves(self, curves):
+        require_cpt_run(self.name, curves)
 
     def bounds(self, y):
         return {

@@ -16,7 +16,7 @@ import math
 import numpy as np
 
 from cptlaws.laws.base import Features, Law, safe_pow
-from cptlaws.laws.cpt import shift_jac, shift_term
+from cptlaws.laws.cpt import require_cpt_run, shift_jac, shift_term
 
 ROLES = ("general", "domain")
 
@@ -40,6 +40,7 @@ class ReplayLaw(Law):
         for c in curves:
             if c.ratio is None or not 0.0 <= float(c.ratio) <= 1.0:
                 raise ValueError(f"law '{self.name}': run '{c.run_id}' needs a replay ratio r_cpt in [0, 1], got {c.ratio!r}")
+        require_cpt_run(self.name, curves)
 
     def bounds(self, y):
         return {

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from cptlaws.laws.base import Features, Law, safe_pow
-from cptlaws.laws.cpt import shift_jac, shift_term
+from cptlaws.laws.cpt import require_cpt_run, shift_jac, shift_term
 
 
 class SizeLaw(Law):
@@ -21,6 +21,7 @@ class SizeLaw(Law):
         for c in curves:
             if c.n_params is None or not float(c.n_params) > 0:
                 raise ValueError(f"law 'size': run '{c.run_id}' needs n_params (N in millions) > 0, got {c.n_params!r}")
+        require_cpt_run(self.name, curves)
 
     def bounds(self, y):
         return {
