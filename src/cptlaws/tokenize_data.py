@@ -74,8 +74,9 @@ def pack_rows(stream: np.ndarray, seq_len: int) -> np.ndarray:
     n_rows = (len(stream) - 1) // seq_len
     if n_rows < 1:
         return np.zeros((0, seq_len + 1), dtype=np.int32)
-    idx = np.arange(n_rows)[:, None] * seq_len + np.arange(seq_len + 1)[None, :]
-    return np.ascontiguousarray(stream[idx], dtype=np.int32)
+    # a strided view, copied once into int32 rows: no (n_rows x row_len) int64 index (2x the stream)
+    windows = np.lib.stride_tricks.sliding_window_view(np.asarray(stream, dtype=np.int32), seq_len + 1)
+    return np.ascontiguousarray(windows[: n_rows * seq_len : seq_len])
 
 
 def _stream_of(ds) -> np.ndarray:

@@ -15,24 +15,35 @@ rule corpus:
         "cptlaws corpus fetch {params.source} --out {output} {params.extra} > {log} 2>&1"
 
 
-rule tokenizer:
-    input:
-        STUDY.corpus_dir(STUDY.tokenizer_corpus),
-    output:
-        STUDY.tokenizer_path,
-    log:
-        "logs/tokenizer.log",
-    conda:
-        "../../envs/cptlaws.yaml"
-    resources:
-        mem_mb=RES["default"]["mem_mb"],
-        runtime=RES["default"]["runtime"],
-    params:
-        vocab=STUDY.config["tokenizer"]["vocab"],
-        kind=STUDY.config["tokenizer"]["kind"],
-    shell:
-        "cptlaws tokenizer train --corpus {input} --kind {params.kind} --vocab {params.vocab} "
-        "--out {output} > {log} 2>&1"
+# A given tokenizer (`tokenizer.path`) is an input, never rebuilt: no rule may overwrite it.
+if "path" not in STUDY.config["tokenizer"]:
+
+    rule tokenizer:
+        input:
+            # a byte tokenizer needs no corpus (nor a fetch of a hub corpus)
+            [STUDY.corpus_dir(STUDY.tokenizer_corpus)]
+            if STUDY.config["tokenizer"]["kind"] == "bpe"
+            else [],
+        output:
+            STUDY.tokenizer_path,
+        log:
+            "logs/tokenizer.log",
+        conda:
+            "../../envs/cptlaws.yaml"
+        resources:
+            mem_mb=RES["default"]["mem_mb"],
+            runtime=RES["default"]["runtime"],
+        params:
+            vocab=STUDY.config["tokenizer"]["vocab"],
+            kind=STUDY.config["tokenizer"]["kind"],
+        shell:
+            "cptlaws tokenizer train "
+            + (
+                "--corpus {input} "
+                if STUDY.config["tokenizer"]["kind"] == "bpe"
+                else ""
+            )
+            + "--kind {params.kind} --vocab {params.vocab} --out {output} > {log} 2>&1"
 
 
 rule tokenize:
