@@ -32,6 +32,22 @@ def venv_bin() -> Path:
     return Path(sys.executable).parent
 
 
+def _say(pytestconfig, msg: str) -> None:
+    tr = pytestconfig.pluginmanager.get_plugin("terminalreporter")
+    capman = pytestconfig.pluginmanager.get_plugin("capturemanager")
+    if tr is None or capman is None:
+        print(msg)
+        return
+    with capman.global_and_fixture_disabled():  # fd-level capture would swallow it otherwise
+        tr.write_line(msg)
+
+
+@pytest.fixture(scope="session")
+def report(pytestconfig):
+    """Write a line into the test log even when output is captured: CI's log keeps these figures."""
+    return lambda msg: _say(pytestconfig, msg)
+
+
 def snakemake(workdir: Path, config: Path, *extra: str, venv_bin: Path, timeout: float = 900, profile=None):
     """Run the study workflow in `workdir` (a scratch dir) on `config`, with the venv's `cptlaws` on PATH."""
     env = dict(os.environ)
@@ -59,7 +75,7 @@ def write_config(path: Path, cfg: dict) -> Path:
 
 
 @pytest.fixture(scope="session")
-def smoke_study(tmp_path_factory, venv_bin):
+def smoke_study(tmp_path_factory, venv_bin, report):
     """The smoke study run once locally (profiles/local): (workdir, config dict, config path)."""
     wd = tmp_path_factory.mktemp("smoke")
     cfg = yaml.safe_load(SMOKE.read_text())
@@ -68,5 +84,5 @@ def smoke_study(tmp_path_factory, venv_bin):
     p = snakemake(wd, config, venv_bin=venv_bin)
     wall = time.perf_counter() - t0
     assert p.returncode == 0, f"smoke study failed:\n{p.stdout[-4000:]}\n{p.stderr[-6000:]}"
-    print(f"smoke study: {wall:.1f} s")
+    report(f"smoke study (local profile, 2 cores): {wall:.1f} s")
     return wd, cfg, config

@@ -126,7 +126,7 @@ def test_preflight_names_missing_partition_and_account(slurm_cluster):
 
 @pytest.mark.slurm
 @pytest.mark.slow
-def test_workflow_jobs_go_through_sbatch_with_gpu(slurm_cluster, tmp_path):
+def test_workflow_jobs_go_through_sbatch_with_gpu(slurm_cluster, tmp_path, report):
     work = tmp_path / "wf"
     work.mkdir()
     prof = make_profile(tmp_path / "profile")
@@ -138,7 +138,7 @@ def test_workflow_jobs_go_through_sbatch_with_gpu(slurm_cluster, tmp_path):
 
     jobs = sacct_jobs(run_uuid(log))
     expected = {f"rule_cpu_wildcards_{i}" for i in range(n_cpu)} | {"rule_train", "rule_summary"}
-    print(f"\nsbatch jobs seen in accounting: {len(jobs)} ({', '.join(sorted(j['Comment'] for j in jobs))})")
+    report(f"sbatch jobs seen in accounting: {len(jobs)} ({', '.join(sorted(j['Comment'] for j in jobs))})")
     assert sorted(j["Comment"] for j in jobs) == sorted(expected), "one sbatch job per workflow job"
     assert all(j["State"] == "COMPLETED" for j in jobs), jobs
     assert {j["Partition"] for j in jobs} == {PARTITION} and {j["Account"] for j in jobs} == {ACCOUNT}
@@ -272,7 +272,7 @@ def _output(proc: subprocess.Popen) -> str:
 
 @pytest.mark.slurm
 @pytest.mark.slow
-def test_smoke_study_on_slurm_equals_local_run(slurm_cluster, smoke_study, tmp_path, venv_bin):
+def test_smoke_study_on_slurm_equals_local_run(slurm_cluster, smoke_study, tmp_path, venv_bin, report):
     from cptlaws.config import load_study
 
     local, _, config = smoke_study
@@ -288,7 +288,7 @@ def test_smoke_study_on_slurm_equals_local_run(slurm_cluster, smoke_study, tmp_p
     jobs = sacct_jobs(run_uuid(log))
     runs = set(load_study(config).runs)
     train = {j["Comment"].removeprefix("rule_train_wildcards_"): j for j in jobs if j["Comment"].startswith("rule_train")}
-    print(f"\nsmoke study on SLURM: {len(jobs)} jobs went through sbatch ({len(train)} training), "
+    report(f"smoke study on SLURM: {len(jobs)} jobs went through sbatch ({len(train)} training), "
           f"{time.monotonic() - t0:.0f} s")  # fmt: skip
     assert set(train) == runs, "every training run is its own SLURM job"
     assert all(j["State"] == "COMPLETED" for j in jobs), [(j["Comment"], j["State"]) for j in jobs]
@@ -320,7 +320,7 @@ def _cwd(pid: int) -> Path | None:
 
 @pytest.mark.slurm
 @pytest.mark.slow
-def test_killed_training_job_resumes_from_its_checkpoint(slurm_cluster, tmp_path, venv_bin):
+def test_killed_training_job_resumes_from_its_checkpoint(slurm_cluster, tmp_path, venv_bin, report):
     """A training job killed mid-run is resubmitted (the profile's retries), resumes from its last
     checkpoint and ends with the curve of an uninterrupted run."""
     from conftest import SMOKE
@@ -373,3 +373,5 @@ def test_killed_training_job_resumes_from_its_checkpoint(slurm_cluster, tmp_path
     a = pd.read_parquet(tmp_path / "ref" / "curve.parquet").drop(columns=["run_id"], errors="ignore")
     b = pd.read_parquet(work / "results" / "runs" / pt / "curve.parquet").drop(columns=["run_id"], errors="ignore")
     pd.testing.assert_frame_equal(a.reset_index(drop=True), b.reset_index(drop=True), check_exact=True)
+    report(f"killed training job: SLURM states {states}, resumed from step {meta['resumed_from'][0]}, "
+           f"curve equal to an uninterrupted run ({len(b)} rows)")

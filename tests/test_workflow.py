@@ -65,14 +65,14 @@ def test_smoke_study_writes_every_output(smoke_study):
         assert {f"{stem}.pdf", f"{stem}.png"} <= figs
 
 
-def test_noop_rerun_schedules_nothing(smoke_study, venv_bin):
+def test_noop_rerun_schedules_nothing(smoke_study, venv_bin, report):
     wd, _, config = smoke_study
     t0 = time.perf_counter()
     p = snakemake(wd, config, "--dry-run", venv_bin=venv_bin)
     wall = time.perf_counter() - t0
     assert p.returncode == 0, p.stderr[-3000:]
     assert "Nothing to be done" in p.stdout + p.stderr, (p.stdout + p.stderr)[-3000:]
-    print(f"no-op dry run: {wall:.1f} s")
+    report(f"no-op dry run of the smoke study: {wall:.1f} s")
 
 
 def test_adding_a_ratio_trains_only_the_new_run(smoke_study, venv_bin):
