@@ -4,6 +4,7 @@ subprocess so peak RSS is its own; runs alternate (ours, trainer, ours, ...) and
 ``--repeats`` is reported, since other processes on a shared machine add noise.
 
     .venv/bin/python benchmarks/train_throughput.py [--preset small] [--steps 60] [--threads 2]
+        [--compile --skip 30 --steps 150]   # torch.compile in both loops, steady state only
 
 Goal (issue 3): >= 1.3x the Trainer's tokens/s at ~1M non-embedding parameters on a 2-core CPU.
 On a CUDA machine ``--device cuda --preset 106M`` also prints model-FLOPs utilisation (bf16).
@@ -35,6 +36,14 @@ def make_data(root: Path, vocab: int, seq: int, rows: int) -> None:
     save_rows(root / "valid", ids[:64], vocab)
 
 
+def steady(stamps: list[float], a) -> float:
+    """tokens/s over steps skip+1 .. steps-1 from per-step end times (the last step of ours also evaluates)."""
+    n = a.steps - 1 - a.skip
+    if n < 1:
+        raise SystemExit(f"--skip {a.skip} leaves no timed step of {a.steps}")
+    return n * a.batch * a.seq / (stamps[a.steps - 2] - stamps[a.skip - 1])
+
+
 def child_ours(a) -> dict:
     from cptlaws.train import train
 
@@ -43,10 +52,12 @@ def child_ours(a) -> dict:
            "data": {"general": a.data}, "valid": {"general": a.data}, "batch_size": a.batch, "seq_len": a.seq,
            "steps": a.steps, "eval_every": a.steps, "eval_batches": 1,
            "schedule": {"kind": "constant", "peak_lr": 2.0e-3},
-           "runtime": {"threads": a.threads, "progress": False, "device": a.device}}
-    meta = train(cfg)
+           "runtime": {"threads": a.threads, "progress": False, "device": a.device, "compile": a.compile}}
+    stamps = []
+    meta = train(cfg, after_step=lambda g: stamps.append(time.perf_counter()))
     st = json.loads((out / "meta.json").read_text())
-    return {"tokens_per_s": st["train_tokens_per_s"], "wall_s": st["wall_time_s"], "n_nonembed": meta["n_nonembed"],
+    tps = steady(stamps, a) if a.skip else st["train_tokens_per_s"]
+    return {"tokens_per_s": tps, "wall_s": st["wall_time_s"], "n_nonembed": meta["n_nonembed"],
             "final_train_loss": float(__import__("pandas").read_parquet(out / "trainlog.parquet")["train_loss"].iloc[-1])}
 
 
@@ -71,9 +82,14 @@ def child_trainer(a) -> dict:
     model = build_model(a.preset, 1024 if a.vocab is None else a.vocab, a.seq, seed=0)
     times = {}
 
+    stamps = []
+
     class Clock(TrainerCallback):  # time the steps only, like our train_tokens_per_s
         def on_step_begin(self, args, state, control, **kw):
             times.setdefault("start", time.perf_counter())
+
+        def on_step_end(self, args, state, control, **kw):
+            stamps.append(time.perf_counter())
 
         def on_train_end(self, args, state, control, **kw):
             times["end"] = time.perf_counter()
@@ -83,18 +99,19 @@ def child_trainer(a) -> dict:
         learning_rate=2e-3, lr_scheduler_type="constant", warmup_steps=0, adam_beta1=0.9, adam_beta2=0.95,
         weight_decay=0.1, max_grad_norm=1.0, logging_steps=a.steps, save_strategy="no", report_to=[],
         dataloader_num_workers=0, use_cpu=a.device == "cpu", disable_tqdm=True, seed=0,
-        bf16=a.device == "cuda")
+        bf16=a.device == "cuda", torch_compile=a.compile)
     tr = Trainer(model=model, args=args, train_dataset=DS(), callbacks=[Clock()])
     res = tr.train()
     dt = times["end"] - times["start"]
-    return {"tokens_per_s": a.steps * a.batch * a.seq / dt, "wall_s": res.metrics["train_runtime"],
+    tps = steady(stamps, a) if a.skip else a.steps * a.batch * a.seq / dt
+    return {"tokens_per_s": tps, "wall_s": res.metrics["train_runtime"],
             "n_nonembed": count_params(model)[1], "final_train_loss": float(res.metrics["train_loss"])}
 
 
 def run_child(which: str, a) -> dict:
     cmd = [sys.executable, __file__, "--child", which, "--data", a.data, "--work", a.work, "--preset", a.preset,
            "--steps", str(a.steps), "--batch", str(a.batch), "--seq", str(a.seq), "--vocab", str(a.vocab),
-           "--threads", str(a.threads), "--device", a.device]
+           "--threads", str(a.threads), "--device", a.device, "--skip", str(a.skip)] + (["--compile"] if a.compile else [])
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode:
         raise SystemExit(f"{which} failed:\n{r.stderr[-4000:]}")
@@ -112,6 +129,9 @@ def main() -> None:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--only", choices=["ours", "trainer"], default=None)
+    p.add_argument("--compile", action="store_true", help="torch.compile in both loops (Trainer: torch_compile=True)")
+    p.add_argument("--skip", type=int, default=0,
+                   help="leave the first SKIP steps (compilation, warm-up) out of tokens/s, in both loops")
     p.add_argument("--child", choices=["ours", "trainer"], help=argparse.SUPPRESS)
     p.add_argument("--data", help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)
@@ -134,7 +154,8 @@ def main() -> None:
                     best[n] = r
     print(f"model preset {a.preset} ({best[names[0]]['n_nonembed'] / 1e6:.2f}M non-embedding params), "
           f"batch {a.batch}x{a.seq}, vocab {a.vocab}, {a.steps} steps, {a.threads} threads, {a.device}, "
-          f"best of {a.repeats}")
+          f"best of {a.repeats}, compile {'on' if a.compile else 'off'} (both), "
+          + (f"steps {a.skip + 1}..{a.steps - 1} timed" if a.skip else "every step timed"))
     print(f"{'':10s} {'tokens/s':>10s} {'peak RSS MB':>12s} {'final loss':>11s}")
     for n in names:
         r = best[n]
