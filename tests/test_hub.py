@@ -54,6 +54,7 @@ def test_stream_equals_local_path(setup, tmp_path):
     a = np.asarray(load_split(tmp_path / "local0", "train")["input_ids"])
     b = np.asarray(load_split(tmp_path / "hub3", "train")["input_ids"])
     assert (a == b).all()
+    assert not list(tmp_path.glob(".*spool*")), "the row spools are removed"
 
 
 def test_token_budget_and_valid_split(setup, tmp_path):

@@ -175,3 +175,18 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert "no.json does not exist" in capsys.readouterr().err
     assert main(["tokenize", "--corpus", str(c), "--tokenizer", str(t), "--out", str(o), "--token-budget", "5"]) == 2
     assert "--token-budget only applies with --hub" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("seq_len, chunk", [(16, 17), (16, 40), (7, 1000), (64, 65)])
+def test_row_spool_chunks_equal_packing_the_whole_stream(tmp_path, seq_len, chunk):
+    from cptlaws.tokenize_data import RowSpool, pack_rows
+
+    rng = np.random.default_rng(seq_len)
+    docs = [rng.integers(0, 500, rng.integers(1, 90)).astype(np.int32) for _ in range(60)]
+    spool = RowSpool(tmp_path / "rows.arrow", seq_len, chunk_tokens=chunk)
+    for d in docs:
+        spool.add(d)
+    ds = spool.close()
+    whole = pack_rows(np.concatenate(docs), seq_len)
+    assert spool.n_rows == len(whole) == len(ds) and spool.n_tokens == sum(map(len, docs))
+    np.testing.assert_array_equal(np.asarray(ds["input_ids"]), whole)

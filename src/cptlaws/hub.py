@@ -12,7 +12,9 @@ with ``HF_HUB_OFFLINE=1``.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -20,7 +22,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from cptlaws.corpora import _unit_hash
-from cptlaws.tokenize_data import TokenizeError, encode_batch, write_token_dir
+from cptlaws.tokenize_data import RowSpool, TokenizeError, encode_batch, write_token_dir
 from cptlaws.tokenizer import load_tokenizer
 
 
@@ -120,7 +122,20 @@ def tokenize_stream(dataset: str, tokenizer_path: str | os.PathLike, out_dir: st
                                           fn_kwargs={"tokenizer_path": str(tokenizer_path), "text_column": text_column})
     # valid gets its share of the budget (at least one row), so a tiny valid_frac still yields a valid set
     min_valid = max(seq_len + 1, int(valid_frac * token_budget))
-    parts = {"train": [], "valid": []}
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    spool_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.spool-", dir=out_dir.parent))
+    try:
+        return _stream_to_dir(enc, spool_dir, out_dir, dataset, config, split, text_column, id_column, data_files,
+                              token_budget, valid_frac, min_valid, seq_len, tokenizer_path, preset, seed, shuffle)
+    finally:
+        shutil.rmtree(spool_dir, ignore_errors=True)
+
+
+def _stream_to_dir(enc, spool_dir, out_dir, dataset, config, split, text_column, id_column, data_files, token_budget,
+                   valid_frac, min_valid, seq_len, tokenizer_path, preset, seed, shuffle) -> dict:
+    """Read the encoded stream into one RowSpool per split (bounded memory), then write the token dir."""
+    parts = {s: RowSpool(spool_dir / f"{s}.arrow", seq_len) for s in ("train", "valid")}
     counts = {s: {"tokens": 0, "docs": 0, "bytes": 0} for s in parts}
     try:
         for i, ex in enumerate(enc):
@@ -130,7 +145,7 @@ def tokenize_stream(dataset: str, tokenizer_path: str | os.PathLike, out_dir: st
             if s == "train" and counts["train"]["tokens"] >= token_budget:
                 continue  # train is full; still reading only to fill valid
             ids = np.asarray(ex["ids"], dtype=np.int32)
-            parts[s].append(ids)
+            parts[s].add(ids)
             counts[s]["tokens"] += len(ids)
             counts[s]["docs"] += 1
             counts[s]["bytes"] += int(ex["n_bytes"])
@@ -142,10 +157,10 @@ def tokenize_stream(dataset: str, tokenizer_path: str | os.PathLike, out_dir: st
         raise HubError(f"reading dataset {dataset!r} failed after {sum(c['docs'] for c in counts.values())} "
                        f"documents: {type(exc).__name__}: {exc}") from None
     for s in parts:
-        if not parts[s]:
+        if not counts[s]["docs"]:
             raise HubError(f"dataset {dataset!r}: no documents went to split {s!r} "
                            f"(stream too short for valid_frac={valid_frac}?)")
-    streams = {s: (np.concatenate(parts[s]), counts[s]["docs"], counts[s]["bytes"]) for s in parts}
+    streams = {s: (parts[s], counts[s]["docs"], counts[s]["bytes"]) for s in parts}
     source = {"kind": "hub", "name": dataset, "config": config, "split": split, "text_column": text_column,
               "id_column": id_column, "data_files": data_files, "token_budget": int(token_budget),
               "valid_frac": valid_frac, "licence": preset.licence if preset else None,

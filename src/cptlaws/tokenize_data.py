@@ -85,12 +85,68 @@ def _stream_of(ds) -> np.ndarray:
     return np.asarray(col.flatten().to_numpy(zero_copy_only=False), dtype=np.int32)
 
 
-def _write_split(rows: np.ndarray, path: Path, seq_len: int) -> None:
-    from datasets import Dataset, Features, Sequence, Value, disable_progress_bars
+def _row_features(seq_len: int):
+    from datasets import Features, Sequence, Value
+
+    return Features({"input_ids": Sequence(Value("int32"), length=seq_len + 1)})
+
+
+class RowSpool:
+    """Packs a token stream into rows as it arrives and spools them to an Arrow file, so a hub-scale
+    stream (10^10 tokens) never sits in memory: RAM holds one chunk plus the carried tail.
+
+    Rows are exactly ``pack_rows`` of the whole stream: each chunk keeps its last ``< seq_len + 1`` tokens
+    (the one-id overlap included) to start the next row.
+    """
+
+    def __init__(self, path: str | os.PathLike, seq_len: int, chunk_tokens: int = 1 << 24):
+        from datasets.arrow_writer import ArrowWriter
+
+        if seq_len < 1:
+            raise TokenizeError(f"seq_len must be >= 1, got {seq_len}")
+        self.path, self.seq_len, self.chunk_tokens = Path(path), seq_len, max(int(chunk_tokens), seq_len + 1)
+        self._writer = ArrowWriter(features=_row_features(seq_len), path=str(self.path))
+        self._parts: list[np.ndarray] = []
+        self._pending = 0
+        self.n_tokens = 0
+        self.n_rows = 0
+
+    def add(self, ids: np.ndarray) -> None:
+        self._parts.append(np.asarray(ids, dtype=np.int32))
+        self._pending += len(ids)
+        self.n_tokens += len(ids)
+        if self._pending >= self.chunk_tokens:
+            self._flush()
+
+    def _flush(self) -> None:
+        import pyarrow as pa
+
+        stream = np.concatenate(self._parts) if len(self._parts) > 1 else self._parts[0]
+        n = (len(stream) - 1) // self.seq_len
+        if n > 0:
+            rows = pack_rows(stream[: n * self.seq_len + 1], self.seq_len)
+            col = pa.FixedSizeListArray.from_arrays(pa.array(rows.reshape(-1)), self.seq_len + 1)
+            self._writer.write_table(pa.table({"input_ids": col}))
+            self.n_rows += n
+        tail = stream[n * self.seq_len :]
+        self._parts, self._pending = [tail], len(tail)
+
+    def close(self):
+        """Finish the file; returns the rows as a memory-mapped ``datasets.Dataset``."""
+        from datasets import Dataset
+
+        if self._pending:
+            self._flush()
+        self._writer.finalize()
+        return Dataset.from_file(str(self.path))
+
+
+def _write_split(rows, path: Path, seq_len: int) -> None:
+    from datasets import Dataset, disable_progress_bars
 
     disable_progress_bars()
-    feats = Features({"input_ids": Sequence(Value("int32"), length=seq_len + 1)})
-    Dataset.from_dict({"input_ids": rows}, features=feats).save_to_disk(str(path))
+    ds = rows if isinstance(rows, Dataset) else Dataset.from_dict({"input_ids": rows}, features=_row_features(seq_len))
+    ds.save_to_disk(str(path))
 
 
 def _tokenizer_record(tokenizer_path: str | os.PathLike, tok) -> dict:
@@ -103,7 +159,8 @@ def write_token_dir(out_dir: str | os.PathLike, split_streams: dict[str, tuple[n
                     shuffle: bool = True) -> dict:
     """Pack each split's stream into rows and write the token dir atomically; return meta.
 
-    ``split_streams``: split -> (token stream incl. EOS, n_docs, n_bytes of the documents' text)."""
+    ``split_streams``: split -> (token stream incl. EOS, or a closed-over ``RowSpool`` of it, n_docs,
+    n_bytes of the documents' text)."""
     tok = _get_tokenizer(str(tokenizer_path))
     meta = {"format": FORMAT, "vocab_size": tok.get_vocab_size(), "seq_len": seq_len, "row_len": seq_len + 1,
             "row_stride": seq_len, "shuffled": shuffle, "seed": seed,
@@ -111,14 +168,17 @@ def write_token_dir(out_dir: str | os.PathLike, split_streams: dict[str, tuple[n
             "n_tokens": {}, "n_bytes": {}, "splits": {}}
     with atomic_dir(out_dir) as tmp:
         for split, (stream, n_docs, n_bytes) in split_streams.items():
-            rows = pack_rows(stream, seq_len)
+            if isinstance(stream, RowSpool):
+                rows, n_tokens = stream.close(), stream.n_tokens
+            else:
+                rows, n_tokens = pack_rows(stream, seq_len), int(len(stream))
             if len(rows) == 0:
-                raise TokenizeError(f"split {split!r} of {source.get('name', source)} has {len(stream)} tokens, "
+                raise TokenizeError(f"split {split!r} of {source.get('name', source)} has {n_tokens} tokens, "
                                     f"fewer than one row of seq_len + 1 = {seq_len + 1}")
             if shuffle:  # a per-split seed keeps train and valid permutations independent
-                rows = rows[np.random.default_rng([seed, SPLITS.index(split) if split in SPLITS else 99]).permutation(len(rows))]
+                perm = np.random.default_rng([seed, SPLITS.index(split) if split in SPLITS else 99]).permutation(len(rows))
+                rows = rows.select(perm) if isinstance(stream, RowSpool) else rows[perm]
             _write_split(rows, tmp / split, seq_len)
-            n_tokens = int(len(stream))
             meta["n_tokens"][split] = n_tokens
             meta["n_bytes"][split] = int(n_bytes)
             meta["splits"][split] = {"n_docs": int(n_docs), "n_rows": int(len(rows)), "n_tokens": n_tokens,
@@ -202,5 +262,5 @@ def decode_rows(rows: Iterable[Iterable[int]], tokenizer_path: str | os.PathLike
     return [tok.decode(list(map(int, r)), skip_special_tokens=False) for r in rows]
 
 
-__all__ = ["FORMAT", "TokenizeError", "bits_per_byte", "decode_rows", "encode_batch", "load_split", "pack_rows",
+__all__ = ["FORMAT", "RowSpool", "TokenizeError", "bits_per_byte", "decode_rows", "encode_batch", "load_split", "pack_rows",
            "read_token_meta", "tokenize_corpus", "tokens_per_byte", "write_token_dir"]
