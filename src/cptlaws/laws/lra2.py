@@ -39,57 +39,6 @@ def s2_and_grad(seg, lam: float, grad: bool = False):
     return S2, dS2
 
 
-def clock_momentum(dd: np.ndarray, R: np.ndarray, kappa: float, chunk_x: float = 400.0) -> np.ndarray:
-    """m_i = exp(-kappa*r_i)*m_{i-1} + dd_i with clock R = cumsum(r): m_i = sum_k dd_k exp(-kappa*(R_i-R_k)).
-
-    Evaluated in chunks of at most ``chunk_x`` e-folds so the exponentials never overflow.
-    """
-    L = dd.size
-    m = np.empty(L)
-    if L == 0:
-        return m
-    x = kappa * R
-    cid = np.floor(x / chunk_x).astype(np.int64)
-    starts = np.concatenate([[0], np.flatnonzero(np.diff(cid)) + 1, [L]])
-    prev = 0.0
-    for a, b in zip(starts[:-1], starts[1:]):
-        base = x[a - 1] if a > 0 else 0.0  # the clock before the first step is 0
-        E = np.exp(x[a:b] - base)
-        m[a:b] = (prev + np.cumsum(dd[a:b] * E)) / E
-        prev = m[b - 1]
-    return m
-
-
-def clock_s2(seg, kappa: float, grad: bool = False):
-    """S2 at eval positions under an LR-dependent clock, and dS2/dkappa (see clock_momentum)."""
-    dd, R, pos, n = seg
-    S2 = np.zeros(n)
-    dS2 = np.zeros(n) if grad else None
-    if dd.size == 0:
-        return S2, dS2
-    ok = pos >= 0
-    m = clock_momentum(dd, R, kappa)
-    S2[ok] = np.cumsum(m)[pos[ok]]
-    if grad:
-        nsum = clock_momentum(dd * R, R, kappa)
-        dS2[ok] = -np.cumsum(R * m - nsum)[pos[ok]]
-    return S2, dS2
-
-
-def _clock_segment(d: np.ndarray, r: np.ndarray, steps: np.ndarray):
-    """Like ``_segment`` but carrying the clock R (cumsum of r from the first nonzero decrement)."""
-    end = int(steps.max()) if steps.size else 0
-    nz = np.flatnonzero(d[:end])
-    if nz.size == 0:
-        return np.zeros(0), np.zeros(0), np.full(steps.size, -1), steps.size
-    first = int(nz[0])
-    dd = d[first:end].copy()
-    R = np.cumsum(r[first:end])
-    pos = steps.astype(np.int64) - 1 - first
-    pos[pos < 0] = -1
-    return dd, R, pos, steps.size
-
-
 def _segment(d: np.ndarray, steps: np.ndarray):
     """Decrements from the first nonzero one up to the last eval step, and each step's position.
 
@@ -115,17 +64,14 @@ class LRA2Law(Law):
     uses_lambda = False
     description = "two-timescale LR-annealing law L0 + A*S1^-alpha - C1*S2(1-k1) - C2*S2(1-k2)"
 
-    def __init__(self, s1_scaling: bool = True, lr_power: float = 1.0, clock_power: float = 0.0, lr_ref: float = 1e-3):
+    def __init__(self, s1_scaling: bool = True, lr_power: float = 1.0):
         self.s1_scaling = bool(s1_scaling)
         self.lr_power = float(lr_power)
-        self.clock_power = float(clock_power)
-        self.lr_ref = float(lr_ref)
         self.params = self.params + (("zeta",) if self.s1_scaling else ())
         self.log_params = self.log_params | ({"zeta"} if self.s1_scaling else set())
 
     def options(self):
-        return {"s1_scaling": self.s1_scaling, "lr_power": self.lr_power, "clock_power": self.clock_power,
-                "lr_ref": self.lr_ref}
+        return {"s1_scaling": self.s1_scaling, "lr_power": self.lr_power}
 
     def snap_start(self, name: str, values: np.ndarray) -> np.ndarray:
         """Starts of k1/k2 on a fixed log grid so screening reuses one S2 per grid value."""
@@ -134,15 +80,13 @@ class LRA2Law(Law):
         return values
 
     def bounds(self, y):
-        kmax = 0.5 if not self.clock_power else 50.0
         return {"L0": (0.0, float(np.max(y))), "A": (1e-6, 1e4), "alpha": (1e-4, 5.0), "C1": (1e-8, 1e4),
-                "k1": (1e-6, kmax), "C2": (1e-8, 1e4), "k2": (1e-6, kmax), "zeta": (1e-4, 3.0)}
+                "k1": (1e-5, 0.5), "C2": (1e-8, 1e4), "k2": (1e-5, 0.5), "zeta": (1e-4, 3.0)}
 
     def start_box(self, y):
         lo = float(np.min(y))
-        f = (self.lr_ref / 3e-4) ** self.clock_power  # k is the rate at lr_ref: scale the box from LR ~3e-4
         return {"L0": (0.5 * lo, lo), "A": (0.05, 5.0), "alpha": (0.05, 1.5), "C1": (0.01, 10.0),
-                "k1": (1e-3 * f, 3e-2 * f), "C2": (0.001, 10.0), "k2": (2e-5 * f, 1e-3 * f), "zeta": (0.01, 1.0)}
+                "k1": (1e-3, 3e-2), "C2": (0.001, 10.0), "k2": (2e-5, 1e-3), "zeta": (0.01, 1.0)}
 
     def features(self, curves, lam, warmup_as_peak=True):
         segs, S1 = [], []
@@ -155,21 +99,13 @@ class LRA2Law(Law):
                 d[: c.warmup_steps] = 0.0  # the warm-up rise is not an anneal (it only builds S1)
             cs = np.concatenate([[0.0], np.cumsum(eff)])
             steps = np.asarray(c.steps, dtype=np.int64)
-            if self.clock_power:
-                segs.append(_clock_segment(d, (eff / self.lr_ref) ** self.clock_power, steps))
-            else:
-                segs.append(_segment(d, steps))
+            segs.append(_segment(d, steps))
             S1.append(cs[steps])
         S1a = np.concatenate(S1) if S1 else np.zeros(0)
         return Features(n=S1a.size, cols={"S1": S1a}, extra={"segs": segs})
 
     def _s2(self, F, lam, grad=False):
-        if self.clock_power:  # lam = 1 - k here; the clock uses kappa = k
-            parts = [clock_s2(seg, 1.0 - lam, grad) for seg in F.extra["segs"]]
-            if grad:
-                parts = [(a, -b) for a, b in parts]  # callers expect d/dlam = -d/dkappa
-        else:
-            parts = [s2_and_grad(seg, lam, grad) for seg in F.extra["segs"]]
+        parts = [s2_and_grad(seg, lam, grad) for seg in F.extra["segs"]]
         if not parts:
             return (np.zeros(0), np.zeros(0)) if grad else np.zeros(0)
         S2 = np.concatenate([p[0] for p in parts])
