@@ -179,3 +179,15 @@ def test_same_inputs_same_pdf(study, tmp_path):
     a = render(study, "fig5_effects", tmp_path / "a")[0].read_bytes()
     b = render(study, "fig5_effects", tmp_path / "b")[0].read_bytes()
     assert a == b
+
+
+def test_pooled_heldout_panels_keep_the_studys_own_laws():
+    from cptlaws.plots.fig_heldout import study_law_predictions
+    from cptlaws.plots.inputs import Study
+
+    pred = pd.DataFrame({"check": ["a", "a", "cmp"], "run_id": ["r1", "r2", "r1"], "loss": [1.0, 2.0, 1.0], "pred": [1.0, 2.0, 3.0]})
+    heldout = pd.DataFrame({"check": ["a", "cmp"], "law": ["replay_flex", "replay"]})
+    st = Study(predictions=pred, heldout=heldout, fits=[{"law": "replay_flex", "split": "general", "params": {}}])
+    assert list(study_law_predictions(st)["check"]) == ["a", "a"]
+    st.fits = [{"law": "cpt", "split": "general", "params": {}}]  # no check uses a fitted law: keep them all
+    assert len(study_law_predictions(st)) == 3

@@ -34,6 +34,19 @@ def first_check(pred: pd.DataFrame) -> pd.DataFrame:
     return pred[pred["check"] == n.idxmax()]
 
 
+def study_law_predictions(study: Study) -> pd.DataFrame:
+    """Held-out predictions of the checks that use a law the study fits: a check kept only to compare with
+    another law (e.g. Eq. 8 against the study's replay law) would otherwise fill the pooled parity and
+    residual panels with a law the study does not use."""
+    pred = study.predictions
+    if "check" not in pred.columns or study.heldout is None or not study.fits:
+        return pred
+    laws = {f["law"] for f in study.fits}
+    by_check = study.heldout.drop_duplicates("check").set_index("check")["law"]
+    keep = [c for c in pred["check"].unique() if by_check.get(c) in laws]
+    return pred[pred["check"].isin(keep)] if keep else pred
+
+
 def draw_heldout_curves(ax, pred: pd.DataFrame, split: str, legend: bool = True) -> None:
     p = pred[pred["split"] == split]
     runs = list(dict.fromkeys(p.sort_values(["source", "run_id"])["run_id"]))[:MAX_CURVES]
@@ -116,8 +129,9 @@ def fig_heldout(study: Study):
                + ("; band: 95 % bootstrap)" if has_band else "; no bootstrap band in the input)"),
                title_fontproperties={"size": 7})
     axes_bot = bottom.subplots(1, 2)
-    draw_parity(axes_bot[0], pred, legend=False)
-    draw_residuals(axes_bot[1], pred)
+    pooled = study_law_predictions(study)
+    draw_parity(axes_bot[0], pooled, legend=False)
+    draw_residuals(axes_bot[1], pooled)
     h, lab = axes_bot[0].get_legend_handles_labels()
     bottom.legend(h, lab, loc="outside right center", title="validation set")
     for ax, letter in zip([*axes_top, *axes_bot], "abcd"):

@@ -12,7 +12,7 @@ from .common import STEP_LABEL, FigureSkipped, history_label, main_branch, need,
 from .fig_cmr import cmr_view, draw_cmr_ratio, draw_cmr_tokens
 from .fig_cmr import legend_handles as cmr_handles
 from .fig_curves import draw_decomposition, draw_loss_panel, legend_handles, representative_run
-from .fig_heldout import draw_parity, draw_residuals
+from .fig_heldout import draw_parity, draw_residuals, study_law_predictions
 from .inputs import Study
 from .style import COL2, palette, panel_label, sci_scale
 
@@ -90,8 +90,8 @@ def fig_summary(study: Study):
 
     a3 = r3.subplots(1, 2)
     if study.predictions is not None and not study.predictions.empty:
-        draw_parity(a3[0], study.predictions, legend=False)
-        draw_residuals(a3[1], study.predictions)
+        draw_parity(a3[0], study_law_predictions(study), legend=False)
+        draw_residuals(a3[1], study_law_predictions(study))
         h, lab = a3[0].get_legend_handles_labels()
         r3.legend(h, lab, loc="outside right center", fontsize=5.5, title="held-out", title_fontproperties={"size": 6})
     else:
