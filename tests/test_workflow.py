@@ -104,6 +104,7 @@ def test_changing_a_fit_setting_retrains_nothing(smoke_study, venv_bin):
     new = copy.deepcopy(cfg)
     new["checks"][0]["threshold"] = 0.07
     p = snakemake(wd, write_config(wd / "study_chk.yaml", new), "--dry-run", venv_bin=venv_bin)
+    assert p.returncode == 0, p.stderr[-3000:]
     jobs = scheduled(p.stdout + p.stderr)
     assert "check" in jobs and not {"train", "collect", "fit_cpt", "fit_replay", "fit_cmr"} & set(jobs), jobs
 
