@@ -12,7 +12,6 @@ with ``HF_HUB_OFFLINE=1``.
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import tempfile
 from dataclasses import dataclass
@@ -124,48 +123,40 @@ def tokenize_stream(dataset: str, tokenizer_path: str | os.PathLike, out_dir: st
     min_valid = max(seq_len + 1, int(valid_frac * token_budget))
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    spool_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.spool-", dir=out_dir.parent))
-    try:
-        return _stream_to_dir(enc, spool_dir, out_dir, dataset, config, split, text_column, id_column, data_files,
-                              token_budget, valid_frac, min_valid, seq_len, tokenizer_path, preset, seed, shuffle)
-    finally:
-        shutil.rmtree(spool_dir, ignore_errors=True)
-
-
-def _stream_to_dir(enc, spool_dir, out_dir, dataset, config, split, text_column, id_column, data_files, token_budget,
-                   valid_frac, min_valid, seq_len, tokenizer_path, preset, seed, shuffle) -> dict:
-    """Read the encoded stream into one RowSpool per split (bounded memory), then write the token dir."""
-    parts = {s: RowSpool(spool_dir / f"{s}.arrow", seq_len) for s in ("train", "valid")}
-    counts = {s: {"tokens": 0, "docs": 0, "bytes": 0} for s in parts}
-    try:
-        for i, ex in enumerate(enc):
-            doc_id = ex[id_column] if id_column else i
-            # same hash as local corpora: a document id lands in the same split everywhere
-            s = "valid" if _unit_hash("split", seed, doc_id) < valid_frac else "train"
-            if s == "train" and counts["train"]["tokens"] >= token_budget:
-                continue  # train is full; still reading only to fill valid
-            ids = np.asarray(ex["ids"], dtype=np.int32)
-            parts[s].add(ids)
-            counts[s]["tokens"] += len(ids)
-            counts[s]["docs"] += 1
-            counts[s]["bytes"] += int(ex["n_bytes"])
-            if counts["train"]["tokens"] >= token_budget and counts["valid"]["tokens"] >= min_valid:
-                break
-    except (HubError, TokenizeError):
-        raise
-    except Exception as exc:
-        raise HubError(f"reading dataset {dataset!r} failed after {sum(c['docs'] for c in counts.values())} "
-                       f"documents: {type(exc).__name__}: {exc}") from None
-    for s in parts:
-        if not counts[s]["docs"]:
-            raise HubError(f"dataset {dataset!r}: no documents went to split {s!r} "
-                           f"(stream too short for valid_frac={valid_frac}?)")
-    streams = {s: (parts[s], counts[s]["docs"], counts[s]["bytes"]) for s in parts}
-    source = {"kind": "hub", "name": dataset, "config": config, "split": split, "text_column": text_column,
-              "id_column": id_column, "data_files": data_files, "token_budget": int(token_budget),
-              "valid_frac": valid_frac, "licence": preset.licence if preset else None,
-              "budget_reached": counts["train"]["tokens"] >= token_budget}
-    return write_token_dir(out_dir, streams, seq_len, tokenizer_path, source, seed=seed, shuffle=shuffle)
+    # rows are spooled to disk as the stream arrives (bounded memory); the spool goes once the dir is written
+    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.spool-", dir=out_dir.parent) as spool:
+        spool_dir = Path(spool)
+        parts = {s: RowSpool(spool_dir / f"{s}.arrow", seq_len) for s in ("train", "valid")}
+        counts = {s: {"tokens": 0, "docs": 0, "bytes": 0} for s in parts}
+        try:
+            for i, ex in enumerate(enc):
+                doc_id = ex[id_column] if id_column else i
+                # same hash as local corpora: a document id lands in the same split everywhere
+                s = "valid" if _unit_hash("split", seed, doc_id) < valid_frac else "train"
+                if s == "train" and counts["train"]["tokens"] >= token_budget:
+                    continue  # train is full; still reading only to fill valid
+                ids = np.asarray(ex["ids"], dtype=np.int32)
+                parts[s].add(ids)
+                counts[s]["tokens"] += len(ids)
+                counts[s]["docs"] += 1
+                counts[s]["bytes"] += int(ex["n_bytes"])
+                if counts["train"]["tokens"] >= token_budget and counts["valid"]["tokens"] >= min_valid:
+                    break
+        except (HubError, TokenizeError):
+            raise
+        except Exception as exc:
+            raise HubError(f"reading dataset {dataset!r} failed after {sum(c['docs'] for c in counts.values())} "
+                           f"documents: {type(exc).__name__}: {exc}") from None
+        for s in parts:
+            if not counts[s]["docs"]:
+                raise HubError(f"dataset {dataset!r}: no documents went to split {s!r} "
+                               f"(stream too short for valid_frac={valid_frac}?)")
+        streams = {s: (parts[s], counts[s]["docs"], counts[s]["bytes"]) for s in parts}
+        source = {"kind": "hub", "name": dataset, "config": config, "split": split, "text_column": text_column,
+                  "id_column": id_column, "data_files": data_files, "token_budget": int(token_budget),
+                  "valid_frac": valid_frac, "licence": preset.licence if preset else None,
+                  "budget_reached": counts["train"]["tokens"] >= token_budget}
+        return write_token_dir(out_dir, streams, seq_len, tokenizer_path, source, seed=seed, shuffle=shuffle)
 
 
 __all__ = ["HUB_PRESETS", "HubError", "HubSource", "open_stream", "tokenize_stream"]
