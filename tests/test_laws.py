@@ -257,6 +257,7 @@ def test_saturating_domain_gain_needs_replay_sat():
     assert np.mean(np.abs(pred - held_truth[0])) < 0.005
     eq8 = fit_law("replay", fit_c, n_starts=300, law_options={"split_role": "domain"})
     assert eq8.diagnostics["objective"] > 5 * sat.diagnostics["objective"]
+    assert sat.options["n_init_starts"] == 12 and eq8.options["n_init_starts"] == 12  # the CPT-law warm starts
 
 
 def test_flex_mixing_factor_is_normalised_and_smooth_through_zero():

@@ -299,13 +299,11 @@ def _fit_law(
     n_refine: int = 12,
     lam_range: tuple[float, float] = LAMBDA_RANGE,
     law_options: dict | None = None,
-    init: list[dict] | None = None,
     warm_start: bool = True,
 ) -> FitResult:
     """Fit ``law`` to ``curves`` (list of Curve). ``lam`` is a number or "fit". See the module doc.
 
-    ``init``: extra starts (full parameter dicts); ``warm_start``: add the law's own warm starts
-    (``Law.warm_starts``, e.g. the replay law from a CPT-law fit)."""
+    ``warm_start``: add the law's own starts (``Law.warm_starts``, e.g. the replay law from a CPT-law fit)."""
     t0 = time.perf_counter()
     law = get_law(law, **(law_options or {}))
     curves = list(curves)
@@ -339,18 +337,12 @@ def _fit_law(
         lam = float(lam)
         if not 0.0 <= lam < 1.0:
             raise FitError(f"lam = {lam!r} must be in [0, 1)")
-    starts = list(init or [])
-    if warm_start:
-        def nested(name, cs):
-            return _fit_law(name, cs, n_starts=max(n_starts // 2, 50), lam=lam if not fit_lam else DEFAULT_LAMBDA,
-                            huber_delta=huber_delta, drop_warmup=False, seed=seed, warmup_as_peak=warmup_as_peak,
-                            n_refine=n_refine, warm_start=False)
+    def nested(name, cs):
+        return _fit_law(name, cs, n_starts=max(n_starts // 2, 50), lam=lam if not fit_lam else DEFAULT_LAMBDA,
+                        huber_delta=huber_delta, drop_warmup=False, seed=seed, warmup_as_peak=warmup_as_peak,
+                        n_refine=n_refine, warm_start=False)
 
-        starts += law.warm_starts(sel, nested)
-    for s in starts:
-        missing = [n for n in law.params if n not in s]
-        if missing:
-            raise FitError(f"law '{law.name}': a start lacks parameter(s) {', '.join(missing)}")
+    starts = law.warm_starts(sel, nested) if warm_start else []
     extra = [np.array([float(s[n]) for n in law.params]) for s in starts]
     if not fit_lam:
         run, _ = _fit_at_lambda(law, sel, lam, y, n_starts, n_refine, huber_delta, fixed, rng, warmup_as_peak, extra)
