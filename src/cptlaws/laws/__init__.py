@@ -8,7 +8,6 @@
 | replay | CPT law with replay ratio, Eq. 8 as written | split_role = general / domain |
 | replay_rpt | Eq. 8 variant (domain annealing factor uses r_pt) | split_role |
 | replay_flex | Eq. 8 with one signed, normalised mixing factor (e^(a2 r) - 1)/(e^a2 - 1) for both sets | split_role |
-| replay_sat | Eq. 8 variant (saturating domain shift factor 1 - exp(-a2 r_cpt)) | split_role |
 | size | CPT law with model size, Eq. 7 | |
 | mpl | multi-power law baseline | block (decrement merging, 1 = exact) |
 | mixing | data-mixing law c + k*exp(t*r) | |
@@ -22,12 +21,12 @@ from cptlaws.laws.lra import LRALaw
 from cptlaws.laws.lra2 import LRA2Law
 from cptlaws.laws.mixing import MixingLaw
 from cptlaws.laws.mpl import MPLLaw
-from cptlaws.laws.replay import ReplayLaw, ReplayFlexLaw, ReplayRptLaw, ReplaySatLaw
+from cptlaws.laws.replay import ReplayLaw, ReplayFlexLaw, ReplayRptLaw
 from cptlaws.laws.size import SizeLaw
 
 LAWS = {
     cls.name: cls
-    for cls in (LRALaw, LRA2Law, CPTLaw, ReplayLaw, ReplayRptLaw, ReplaySatLaw, ReplayFlexLaw, SizeLaw, MPLLaw, MixingLaw)
+    for cls in (LRALaw, LRA2Law, CPTLaw, ReplayLaw, ReplayRptLaw, ReplayFlexLaw, SizeLaw, MPLLaw, MixingLaw)
 }
 
 

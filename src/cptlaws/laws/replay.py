@@ -91,10 +91,9 @@ class ReplayLaw(Law):
         return r if self.domain_factor == "r_cpt" else r_pt
 
     warm_a2 = (0.3, math.log(2.0), 2.0, 6.0)  # mixing curvatures tried by warm_starts
-    saturating_domain = False  # domain shift factor exp(a2*r) - 1 (Eq. 8) or 1 - exp(-a2*r)
 
     def _mix(self, a2, r):
-        if self.split_role == "general" or self.saturating_domain:
+        if self.split_role == "general":
             e = np.exp(-a2 * r)
             return 1.0 - e, r * e  # value, d/da2
         e = np.exp(a2 * r)
@@ -136,19 +135,6 @@ class ReplayRptLaw(ReplayLaw):
     name = "replay_rpt"
     description = "CPT law with replay ratio, Eq. 8 variant: domain annealing factor uses r_pt (figure caption)"
     domain_factor = "r_pt"
-
-
-class ReplaySatLaw(ReplayLaw):
-    """Eq. 8 with a saturating domain factor: the domain loss gets dL*(1 - exp(-a2*r_cpt)), B < 0.
-
-    Eq. 8's exp(a2*r) - 1 is convex in r, so the domain gain at r = 0.25 is at most a quarter of the gain
-    at r = 1; small models adapt to a domain with far less than that (on the default study's curves most
-    of the gain is there at r = 0.25), which no (a2 > 0) can fit. This variant lets the data decide.
-    """
-
-    name = "replay_sat"
-    description = "CPT law with replay ratio, Eq. 8 with a saturating domain shift factor 1 - exp(-a2*r_cpt)"
-    saturating_domain = True
 
 
 class ReplayFlexLaw(ReplayLaw):

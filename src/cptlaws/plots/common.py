@@ -14,7 +14,7 @@ log = logging.getLogger("cptlaws.plots")
 STEP_LABEL = "step (optimizer updates)"
 LOSS_LABEL = "validation loss (nats/token)"
 # Laws preferred for overlays when several fits cover a run: the most specific first.
-LAW_PREFERENCE = ("replay", "replay_sat", "replay_flex", "replay_rpt", "cpt", "lra")
+LAW_PREFERENCE = ("replay", "replay_flex", "replay_rpt", "cpt", "lra")
 
 
 class FigureSkipped(Exception):

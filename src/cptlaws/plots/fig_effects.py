@@ -74,7 +74,7 @@ def _law_line(study: Study, factor: str, group: pd.DataFrame, split: str, fit: d
     if base is None:
         return None
     xs, ys = [], []
-    if factor == "ratio" and fit["law"] in ("replay", "replay_rpt", "replay_sat", "replay_flex"):
+    if factor == "ratio" and fit["law"] in ("replay", "replay_rpt", "replay_flex"):
         for r in np.linspace(0.0, 1.0, 41):
             xs.append(r)
             ys.append(law_curve(fit, replace(base, ratio=float(r)), [base.lrs.size])[1][0])

@@ -18,7 +18,7 @@ import pandas as pd
 
 from cptlaws.areas import DEFAULT_LAMBDA, Areas, compute_areas
 
-DRAWABLE_LAWS = ("lra", "cpt", "replay", "replay_rpt", "replay_sat", "replay_flex")
+DRAWABLE_LAWS = ("lra", "cpt", "replay", "replay_rpt", "replay_flex")
 
 # Greek spellings (laws.md) and ASCII spellings (fit JSON) both accepted.
 _ALIASES = {"α": "alpha", "β": "beta", "γ": "gamma", "ΔL": "dL"}
@@ -117,7 +117,7 @@ def decompose(fit: Mapping, areas: Areas, ratio: float = 0.0) -> tuple[np.ndarra
     _need(p, ("L0", "A", "alpha", "C1", "C2", "B", "E", "beta"), fit)
     shift = p["B"] * (1.0 - (1.0 + p["E"] * areas.S1_cpt) ** -p["beta"])
     c2 = p["C2"]
-    if law in ("replay", "replay_rpt", "replay_sat", "replay_flex"):
+    if law in ("replay", "replay_rpt", "replay_flex"):
         _need(p, ("a1", "a2"), fit)
         r_cpt = float(ratio)
         r_pt = 1.0 - r_cpt
@@ -125,12 +125,11 @@ def decompose(fit: Mapping, areas: Areas, ratio: float = 0.0) -> tuple[np.ndarra
         # Eq. 8: the annealing factor uses r_pt for the general set and r_cpt (replay_rpt: r_pt) for the domain set.
         r_anneal = r_pt if general or law == "replay_rpt" else r_cpt
         c2 = c2 * np.exp(p["a1"] * r_anneal)
-        saturating = general or law == "replay_sat"  # replay_sat: 1 - exp(-a2 r) for the domain set too
         if law == "replay_flex":  # one signed, normalised factor for both sets
             a2 = p["a2"]
             mix = r_cpt if abs(a2) < 1e-6 else np.expm1(a2 * r_cpt) / np.expm1(a2)
         else:
-            mix = (1.0 - np.exp(-p["a2"] * r_cpt)) if saturating else (np.exp(p["a2"] * r_cpt) - 1.0)
+            mix = (1.0 - np.exp(-p["a2"] * r_cpt)) if general else (np.exp(p["a2"] * r_cpt) - 1.0)
         shift = shift * mix
     hidden = p["L0"] + p["A"] * power - p["C1"] * areas.S2_pt - c2 * areas.S2_cpt
     return hidden, shift
