@@ -5,6 +5,7 @@ subprocess so peak RSS is its own; runs alternate (ours, trainer, ours, ...) and
 
     .venv/bin/python benchmarks/train_throughput.py [--preset small] [--steps 60] [--threads 2]
         [--compile --skip 30 --steps 150]   # torch.compile in both loops, steady state only
+        [--dtype bfloat16]                  # bf16 autocast in both loops (AMX on recent x86 CPUs)
 
 Goal (issue 3): >= 1.3x the Trainer's tokens/s at ~1M non-embedding parameters on a 2-core CPU.
 On a CUDA machine ``--device cuda --preset 106M`` also prints model-FLOPs utilisation (bf16).
@@ -52,7 +53,8 @@ def child_ours(a) -> dict:
            "data": {"general": a.data}, "valid": {"general": a.data}, "batch_size": a.batch, "seq_len": a.seq,
            "steps": a.steps, "eval_every": a.steps, "eval_batches": 1,
            "schedule": {"kind": "constant", "peak_lr": 2.0e-3},
-           "runtime": {"threads": a.threads, "progress": False, "device": a.device, "compile": a.compile}}
+           "runtime": {"threads": a.threads, "progress": False, "device": a.device, "compile": a.compile,
+                       "dtype": a.dtype}}
     stamps = []
     meta = train(cfg, after_step=lambda g: stamps.append(time.perf_counter()))
     st = json.loads((out / "meta.json").read_text())
@@ -99,19 +101,27 @@ def child_trainer(a) -> dict:
         learning_rate=2e-3, lr_scheduler_type="constant", warmup_steps=0, adam_beta1=0.9, adam_beta2=0.95,
         weight_decay=0.1, max_grad_norm=1.0, logging_steps=a.steps, save_strategy="no", report_to=[],
         dataloader_num_workers=0, use_cpu=a.device == "cpu", disable_tqdm=True, seed=0,
-        bf16=a.device == "cuda", torch_compile=a.compile)
-    tr = Trainer(model=model, args=args, train_dataset=DS(), callbacks=[Clock()])
+        bf16=a.dtype == "bfloat16", torch_compile=a.compile)
+    last = {}
+
+    class LastLoss(Trainer):  # the last step's loss, like ours (train_loss in metrics is the run's mean)
+        def compute_loss(self, model, inputs, *args, **kw):
+            out = super().compute_loss(model, inputs, *args, **kw)
+            last["loss"] = (out[0] if isinstance(out, tuple) else out).detach()
+            return out
+
+    tr = LastLoss(model=model, args=args, train_dataset=DS(), callbacks=[Clock()])
     res = tr.train()
     dt = times["end"] - times["start"]
     tps = steady(stamps, a) if a.skip else a.steps * a.batch * a.seq / dt
     return {"tokens_per_s": tps, "wall_s": res.metrics["train_runtime"],
-            "n_nonembed": count_params(model)[1], "final_train_loss": float(res.metrics["train_loss"])}
+            "n_nonembed": count_params(model)[1], "final_train_loss": float(last["loss"])}
 
 
 def run_child(which: str, a) -> dict:
     cmd = [sys.executable, __file__, "--child", which, "--data", a.data, "--work", a.work, "--preset", a.preset,
            "--steps", str(a.steps), "--batch", str(a.batch), "--seq", str(a.seq), "--vocab", str(a.vocab),
-           "--threads", str(a.threads), "--device", a.device, "--skip", str(a.skip)] + (["--compile"] if a.compile else [])
+           "--threads", str(a.threads), "--device", a.device, "--skip", str(a.skip), "--dtype", a.dtype] + (["--compile"] if a.compile else [])
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode:
         raise SystemExit(f"{which} failed:\n{r.stderr[-4000:]}")
@@ -127,6 +137,8 @@ def main() -> None:
     p.add_argument("--vocab", type=int, default=1024)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
+                   help="compute dtype of both loops (bf16 autocast, fp32 weights); default fp32 on CPU, bf16 on CUDA")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--only", choices=["ours", "trainer"], default=None)
     p.add_argument("--compile", action="store_true", help="torch.compile in both loops (Trainer: torch_compile=True)")
@@ -136,6 +148,7 @@ def main() -> None:
     p.add_argument("--data", help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)
     a = p.parse_args()
+    a.dtype = a.dtype or ("bfloat16" if a.device == "cuda" else "float32")
     if a.child:
         res = (child_ours if a.child == "ours" else child_trainer)(a)
         res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -154,7 +167,7 @@ def main() -> None:
                     best[n] = r
     print(f"model preset {a.preset} ({best[names[0]]['n_nonembed'] / 1e6:.2f}M non-embedding params), "
           f"batch {a.batch}x{a.seq}, vocab {a.vocab}, {a.steps} steps, {a.threads} threads, {a.device}, "
-          f"best of {a.repeats}, compile {'on' if a.compile else 'off'} (both), "
+          f"best of {a.repeats}, {a.dtype}, compile {'on' if a.compile else 'off'} (both), "
           + (f"steps {a.skip + 1}..{a.steps - 1} timed" if a.skip else "every step timed"))
     print(f"{'':10s} {'tokens/s':>10s} {'peak RSS MB':>12s} {'final loss':>11s}")
     for n in names:

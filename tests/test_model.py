@@ -58,3 +58,26 @@ def test_flops_per_token_is_about_6n():
     f = flops_per_token(cfg, 1024)
     n = 106187520 + 768 * 32000  # non-embedding + LM head (the input embedding is a lookup)
     assert 6 * n < f < 6 * n * 1.15
+
+
+def test_fp32_attention_for_cpu_bf16_matches_sdpa():
+    from cptlaws.model import SDPA_FP32, attention_for
+
+    assert attention_for("cpu", "bfloat16") == SDPA_FP32
+    assert attention_for("cpu", "float32") == attention_for("cuda", "bfloat16") == "sdpa"
+    spec = {"hidden_size": 32, "intermediate_size": 64, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2}
+    ref = build_model(spec, vocab_size=50, seq_len=16, seed=0)
+    ours = build_model(spec, vocab_size=50, seq_len=16, seed=0, attn_implementation=SDPA_FP32)
+    x = torch.randint(0, 50, (3, 16), generator=torch.Generator().manual_seed(0))
+    # fp32: the same kernel on the same numbers
+    assert torch.equal(ours(input_ids=x).logits, ref(input_ids=x).logits)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        a, b = ours(input_ids=x).logits, ref(input_ids=x).logits
+    assert a.dtype == torch.bfloat16
+    # causal: changing the last token changes no earlier position
+    y = x.clone()
+    y[:, -1] = (y[:, -1] + 1) % 50
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        c = ours(input_ids=y).logits
+    assert torch.equal(a[:, :-1], c[:, :-1]) and not torch.equal(a[:, -1], c[:, -1])
+    assert (a.float() - b.float()).abs().max() < 0.05  # bf16 rounding only

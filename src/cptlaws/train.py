@@ -545,9 +545,10 @@ def train(config: Mapping | str | os.PathLike, *, resume: bool = True,
     sampler = D.MixtureSampler(general, domain, cfg["data"]["ratio"], B, cfg["seed"])
 
     # ---- model, optimizer, LR
-    from cptlaws.model import build_model, count_params
+    from cptlaws.model import attention_for, build_model, count_params
 
-    model = build_model(cfg["model"], vocab, seq_len, seed=cfg["seed"]).to(device)
+    attn = attention_for(device.type, dtype)
+    model = build_model(cfg["model"], vocab, seq_len, seed=cfg["seed"], attn_implementation=attn).to(device)
     n_params, n_nonembed = count_params(model)
     o = cfg["optim"]
 
@@ -654,7 +655,7 @@ def train(config: Mapping | str | os.PathLike, *, resume: bool = True,
                 "train_time_s": step_time[0],
                 "train_tokens_per_s": done_tokens / step_time[0] if step_time[0] > 0 else None,
                 "lr_history_sha256": lr_sha, "lr_history_len": len(full_lrs),
-                "world_size": world, "device": str(device), "dtype": dtype, "compile": bool(use_compile),
+                "world_size": world, "device": str(device), "dtype": dtype, "attention": attn, "compile": bool(use_compile),
                 "fused_adamw": bool(fused), "threads": rt["threads"], "resumed_from": resumed_from,
                 "versions": _versions(), "hostname": platform.node(), **extra}
 
