@@ -26,13 +26,16 @@ def tok(tmp_path_factory):
     return root
 
 
-def test_ddp_two_gloo_processes_match_single_process(tok, tmp_path):
+@pytest.mark.parametrize("micro", [0, 2], ids=["whole", "micro2"])
+def test_ddp_two_gloo_processes_match_single_process(tok, tmp_path, micro):
+    # micro2: each process accumulates 2 micro-batches of 2 rows and all-reduces once, at the last
     kw = dict(steps=12, eval_every=4, checkpoint={"transfer_steps": [8]})
     single = tmp_path / "single"
     train(pt_cfg(tok, single, **kw))
     ddp = tmp_path / "ddp"
     cfg_path = tmp_path / "ddp.json"
-    cfg_path.write_text(json.dumps(pt_cfg(tok, ddp, run_id="pt", **kw)))
+    cfg_path.write_text(json.dumps(pt_cfg(tok, ddp, run_id="pt", **kw,
+                                          runtime={"threads": 1, "progress": False, "micro_batch": micro})))
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc_per_node", "2",
            "-m", "cptlaws.cli", "train", str(cfg_path)]
