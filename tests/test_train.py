@@ -17,7 +17,7 @@ import torch
 
 from cptlaws import data as D
 from cptlaws.schedules import lr_array, phase_lrs
-from cptlaws.train import KILL_ENV, ConfigError, TrainingDiverged, train, validate_config
+from cptlaws.train import KILL_ENV, ConfigError, TrainingDiverged, TrainingInterrupted, train, validate_config
 
 VOCAB, SEQ = 64, 32
 
@@ -418,3 +418,50 @@ def test_bf16_on_cpu_tracks_the_fp32_run(tok, pt_run, tmp_path, compiled):
     np.testing.assert_allclose(merged["loss"], merged["loss_fp32"], rtol=0.01)  # measured: 0.08 %
     first, last = log["train_loss"].iloc[0], log["train_loss"].iloc[-1]
     assert last < first - 0.5  # it learns
+
+
+@pytest.mark.parametrize("at", [12, 14], ids=["between-checkpoints", "on-a-checkpoint"])
+def test_sigterm_checkpoints_and_resumes_bitwise(tok, pt_run, tmp_path, at):
+    # SLURM's time limit / preemption: SIGTERM -> checkpoint the step in progress, stop, resume exactly there
+    import signal
+
+    out = tmp_path / "term"
+
+    def term(g):
+        if g == at:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(TrainingInterrupted, match=r"SIGTERM after step \d+") as exc:
+        train(pt_cfg(tok, out), after_step=term)
+    assert exc.value.step == at + 1 and exc.value.signum == signal.SIGTERM
+    assert (out / "ckpt" / f"step_{at + 1}" / "state.pt").is_file()
+    assert json.loads((out / "meta.json").read_text())["status"] == "interrupted"
+    assert read(out)[0]["step"].max() <= at + 1  # the curve so far is kept
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handler restored
+    train(pt_cfg(tok, out))
+    a, b = read(pt_run), read(out)
+    assert b[2]["resumed_from"] == [at + 1]
+    pd.testing.assert_frame_equal(a[0], b[0], check_exact=True)
+    pd.testing.assert_frame_equal(a[1], b[1], check_exact=True)
+
+
+def test_cli_exits_143_on_sigterm(tok, tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "cli"
+    cfg = pt_cfg(tok, out, steps=5000, eval_every=1000, checkpoint={"every": 300, "transfer_steps": [], "keep_last": 5})
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(cfg))
+    proc = subprocess.Popen([sys.executable, "-m", "cptlaws.cli", "train", str(path), "--no-progress"],
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while not (out / "ckpt" / "step_300").is_dir():  # the loop is running
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:]
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "interrupted" in err and "SIGTERM" in err
+    last = max(int(p.name[5:]) for p in (out / "ckpt").glob("step_*"))
+    assert 300 < last < 5000 and json.loads((out / "meta.json").read_text())["interrupted_at_step"] == last

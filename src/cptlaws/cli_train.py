@@ -23,7 +23,7 @@ def register(subparsers) -> None:
 
 
 def _run(args) -> int:
-    from cptlaws.train import TrainingDiverged, load_config, train
+    from cptlaws.train import TrainingDiverged, TrainingInterrupted, load_config, train
 
     cfg = load_config(args.config)
     if args.threads is not None or args.no_progress:
@@ -38,6 +38,9 @@ def _run(args) -> int:
     except TrainingDiverged as exc:
         print(f"cptlaws train: diverged: {exc}", file=sys.stderr)
         return 3
+    except TrainingInterrupted as exc:
+        print(f"cptlaws train: interrupted: {exc}", file=sys.stderr)
+        return 128 + exc.signum  # the shell's code for death by that signal: schedulers read it as killed
     print(f"{meta['run_id']}: {meta['status']}, {meta['final_step']} steps, {meta['tokens']} tokens, "
           f"{meta['tokens_per_s']:.0f} tokens/s, {meta['wall_time_s']:.1f} s", file=sys.stderr)
     return 0

@@ -25,7 +25,9 @@ import platform
 import random
 import re
 import shutil
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -46,6 +48,42 @@ KILL_ENV = "CPTLAWS_KILL_AFTER_STEP"  # test hook: hard-exit (like SIGKILL) afte
 
 class ConfigError(ValueError):
     """A run config that cannot be trained; the message names the file and the key."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGTERM or SIGUSR1 (a SLURM time limit, preemption, scancel): the run checkpointed the step it was on
+    and stopped; training it again resumes there."""
+
+    def __init__(self, msg: str, step: int, signum: int):
+        super().__init__(msg)
+        self.step = step
+        self.signum = signum
+
+
+# SLURM sends SIGTERM at a time limit or preemption and SIGKILL KillWait seconds later; SIGUSR1 is the
+# usual early warning (sbatch --signal=USR1@120). One step plus one checkpoint fits in that window.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+@contextlib.contextmanager
+def _stop_on_signals(flag: list):
+    """Record a stop signal in ``flag`` instead of dying; a second one kills as usual. Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, _frame):
+        if flag[0] is not None:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+        flag[0] = signum
+
+    old = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
 
 
 class TrainingDiverged(RuntimeError):
@@ -459,7 +497,8 @@ def train(config: Mapping | str | os.PathLike, *, resume: bool = True,
     """Run (or resume) one training run; returns its meta dict.
 
     ``config`` is a path or a raw mapping. ``after_step(global_step)`` is called after each step's logging and
-    checkpointing (tests use it to simulate a kill). Raises ConfigError, DataError, TrainingDiverged.
+    checkpointing (tests use it to simulate a kill). Raises ConfigError, DataError, TrainingDiverged,
+    TrainingInterrupted (SIGTERM/SIGUSR1: checkpointed, resumable).
     """
     import torch
     import torch.distributed as dist
@@ -734,7 +773,11 @@ def train(config: Mapping | str | os.PathLike, *, resume: bool = True,
     clip = o["grad_clip"] if o["grad_clip"] > 0 else float("inf")
     params = [p for p in raw_model.parameters() if p.requires_grad]
     kill_at = int(os.environ[KILL_ENV]) if os.environ.get(KILL_ENV) else None
+    stop = [None]  # the stop signal received, if any
+    stop_flag = torch.zeros(1, dtype=torch.int32, device=device)
     model.train()
+    signals = contextlib.ExitStack()
+    signals.enter_context(_stop_on_signals(stop))
     try:
         for s in range(start + 1, cfg["steps"] + 1):
             t0 = time.perf_counter()
@@ -767,7 +810,8 @@ def train(config: Mapping | str | os.PathLike, *, resume: bool = True,
             pending.append((g, lr, tok, lt, gnorm.detach()))
             is_eval = s % cfg["eval_every"] == 0 or s == cfg["steps"]
             is_ckpt = g in transfer or (cfg["checkpoint"]["every"] and s % cfg["checkpoint"]["every"] == 0)
-            if is_eval or is_ckpt or len(pending) >= sync_every:
+            synced = is_eval or is_ckpt or len(pending) >= sync_every
+            if synced:
                 flush()
             step_time[0] += time.perf_counter() - t0
             if is_eval:
@@ -775,8 +819,18 @@ def train(config: Mapping | str | os.PathLike, *, resume: bool = True,
                 _check_finite(ev, g, run, _diverged)
                 if bar is not None:
                     bar.set_postfix({k: f"{v:.3f}" for k, v in ev.items()} | {"lr": f"{lr:.2e}"}, refresh=False)
-            if is_ckpt and s < cfg["steps"] or g in transfer:
+            saved = is_ckpt and s < cfg["steps"] or g in transfer
+            if saved:
                 save_ckpt(g)
+            if s < cfg["steps"] and (world == 1 or synced) and _stop_requested(stop, stop_flag, world, dist):
+                flush()
+                if not saved:
+                    save_ckpt(g)
+                write_outputs("interrupted", interrupted_at_step=g)
+                name = signal.Signals(stop[0]).name
+                raise TrainingInterrupted(f"run {run}: stopped by {name} after step {g}; checkpoint "
+                                          f"{out_dir / 'ckpt' / f'step_{g}'} written, train again to resume",
+                                          g, int(stop[0]))
             if bar is not None:
                 bar.update(1)
             if after_step is not None:
@@ -785,6 +839,7 @@ def train(config: Mapping | str | os.PathLike, *, resume: bool = True,
                 os._exit(137)  # test hook: die like SIGKILL, no cleanup
         flush()
     finally:
+        signals.close()
         if bar is not None:
             bar.close()
 
@@ -798,6 +853,17 @@ def train(config: Mapping | str | os.PathLike, *, resume: bool = True,
     if world > 1 and dist.is_initialized():
         dist.destroy_process_group()
     return result
+
+
+def _stop_requested(stop: list, flag, world: int, dist) -> bool:
+    """Whether any process got a stop signal; under DDP all processes agree (they checkpoint together)."""
+    if world == 1:
+        return stop[0] is not None
+    flag.fill_(0 if stop[0] is None else int(stop[0]))
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    if stop[0] is None and int(flag.item()):
+        stop[0] = int(flag.item())
+    return stop[0] is not None
 
 
 def _check_finite(ev: Mapping[str, float], step: int, run: str, on_fail: Callable | None = None) -> None:
