@@ -375,3 +375,47 @@ def test_killed_training_job_resumes_from_its_checkpoint(slurm_cluster, tmp_path
     pd.testing.assert_frame_equal(a.reset_index(drop=True), b.reset_index(drop=True), check_exact=True)
     report(f"killed training job: SLURM states {states}, resumed from step {meta['resumed_from'][0]}, "
            f"curve equal to an uninterrupted run ({len(b)} rows)")
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_training_job_past_its_time_limit_checkpoints_on_sigterm_and_resumes(slurm_cluster, tmp_path, venv_bin, report):
+    """A training job that hits its SLURM time limit (state TIMEOUT) gets SIGTERM, checkpoints the step it is
+    on, is resubmitted and resumes there: no periodic checkpoints, so the resume point can only come from the
+    SIGTERM checkpoint."""
+    from conftest import SMOKE
+
+    from cptlaws.config import load_study
+
+    cfg = yaml.safe_load(SMOKE.read_text())
+    steps = 9000  # ~150 s of training here (~60 steps/s): two or three attempts under a 1-minute limit
+    cfg["pt"]["steps"] = steps
+    cfg["train"]["checkpoint_every"] = 0
+    cfg["train"]["eval_every"] = 500
+    cfg["cpt"]["grids"] = [dict(g, transfer_step=[100]) for g in cfg["cpt"]["grids"]][:1]
+    cfg["checks"] = []
+    work = tmp_path / "study"
+    work.mkdir()
+    config = work / "study.yaml"
+    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    (pt,) = load_study(config).pt_runs
+    prof = make_profile(tmp_path / "profile", retries=5)
+    pc = yaml.safe_load((prof / "config.yaml").read_text())
+    pc["set-resources"]["train"]["runtime"] = 1  # minutes: SLURM's smallest time limit
+    (prof / "config.yaml").write_text(yaml.safe_dump(pc, sort_keys=False))
+    t0 = time.monotonic()
+    log = _wait(_study_on_slurm(work, config, prof, venv_bin, f"results/runs/{pt}/meta.json"), timeout=1200)
+    assert "Trying to restart" in log or "retry" in log.lower(), log[-5000:]
+
+    meta = json.loads((work / "results" / "runs" / pt / "meta.json").read_text())
+    assert meta["status"] == "ok" and meta["final_step"] == steps
+    states = [j["State"] for j in sacct_jobs(run_uuid(log)) if j["Comment"] == f"rule_train_wildcards_{pt}"]
+    assert len(states) >= 2 and states[-1] == "COMPLETED" and states[0] == "TIMEOUT", states
+    resumed = meta["resumed_from"]
+    # each resume point is a SIGTERM checkpoint (not the transfer checkpoint at 100), later than the one before
+    assert len(resumed) == len(states) - 1 and all(100 < s < steps for s in resumed), resumed
+    assert resumed == sorted(set(resumed)), resumed
+    curve = pd.read_parquet(work / "results" / "runs" / pt / "curve.parquet")
+    assert sorted(curve[curve.split == "general"]["step"]) == list(range(0, steps + 1, 500))  # every eval once
+    report(f"time-limited training job: SLURM states {states}, resumed from steps {resumed} (SIGTERM "
+           f"checkpoints), finished in {time.monotonic() - t0:.0f} s")

@@ -67,16 +67,14 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 @contextlib.contextmanager
 def _stop_on_signals(flag: list):
-    """Record a stop signal in ``flag`` instead of dying; a second one kills as usual. Main thread only."""
+    """Record a stop signal in ``flag`` instead of dying. Main thread only. Repeats are ignored: under SLURM
+    the job's other processes (Snakemake, srun) often forward the same SIGTERM, and SIGKILL follows anyway."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum, _frame):
-        if flag[0] is not None:
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-        flag[0] = signum
+        flag[0] = flag[0] or signum
 
     old = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
     try:
