@@ -161,6 +161,9 @@ def _gradcheck(law, p, curves):
     ("lra", {}, [2.8, 0.5, 0.5, 0.4]),
     ("lra2", {}, [2.8, 0.5, 0.5, 0.4, 0.01, 0.1, 5e-4, 0.1]),
     ("lra2", {"s1_scaling": False}, [2.8, 0.5, 0.5, 0.4, 0.01, 0.1, 5e-4]),
+    ("lra2", {"s1_power": "fit", "warmup_rise": True}, [2.8, 0.5, 0.5, 0.4, 0.01, 0.1, 5e-4, 0.1, 0.8]),
+    ("lra2", {"s1_power": "fit", "s1_scaling": False}, [2.8, 0.5, 0.5, 0.4, 0.01, 0.1, 5e-4, 1.2]),
+    ("mpl", {"warmup_ld": True, "warmup_block": 4}, [2.8, 0.5, 0.5, 400.0, 2.0, 0.5, 0.6]),
     ("cpt", {}, [3.0, 0.5, 0.5, 0.3, 0.3, 0.37, 28.0, 0.19]),
     ("replay", {"split_role": "general"}, [3.0, 0.5, 0.5, 0.3, 0.3, 0.37, 28.0, 0.19, 0.5, 2.0]),
     ("replay", {"split_role": "domain"}, [3.0, 0.5, 0.5, 0.3, 0.3, -0.6, 500.0, 0.15, -0.5, 1.5]),
@@ -270,3 +273,44 @@ def test_flex_mixing_factor_is_normalised_and_smooth_through_zero():
         num = (law._mix(np.float64(a2 + h), r)[0] - law._mix(np.float64(a2 - h), r)[0]) / (2 * h)
         np.testing.assert_allclose(d, num, atol=1e-6)
     assert np.all(law._mix(np.float64(-8.0), r)[0] >= r) and np.all(law._mix(np.float64(3.0), r)[0] <= r)
+
+
+def _const_wsdcon_curves():
+    const = {"kind": "constant", "peak_lr": PEAK, "warmup_steps": 500}
+    two = {"kind": "multistep", "peak_lr": PEAK, "warmup_steps": 500, "stages": [{"start": 6000, "lr": 3e-5}]}
+    return [pt_run("cos", PT_COS), pt_run("const", const), pt_run("two", two, steps=12000)]
+
+
+@pytest.mark.parametrize("opts, p", [
+    ({"warmup_rise": True}, [2.8, 0.5, 0.5, 0.4, 0.01, 0.1, 5e-4, 0.1]),
+    ({"warmup_rise": True, "s1_power": "fit"}, [2.8, 0.5, 0.5, 0.4, 0.01, 0.1, 5e-4, 0.1, 0.8]),
+])
+def test_lra2_gradients_with_real_warmup(opts, p):
+    law = get_law("lra2", **opts)
+    F = law.features(_const_wsdcon_curves(), 0.999, warmup_as_peak=False)
+    p = np.array(p, float)
+    pred, J = law.value_jac(p, F)
+    for k in range(len(p)):
+        h = 1e-6 * max(abs(p[k]), 1e-3)
+        e = np.zeros(len(p))
+        e[k] = h
+        num = (law.value_jac(p + e, F)[0] - law.value_jac(p - e, F)[0]) / (2 * h)
+        assert np.max(np.abs(num - J[:, k])) / (np.max(np.abs(num)) + 1e-12) < 1e-5, law.params[k]
+
+
+def test_lra2_areas_match_definitions():
+    """S2 (trailing zero decrements in closed form) = the areas module; S1(q) = the direct sum."""
+    from cptlaws.areas import compute_areas, effective_lrs
+
+    curves = _const_wsdcon_curves()
+    law = get_law("lra2", warmup_rise=True, s1_power="fit")
+    F = law.features(curves, 0.999, warmup_as_peak=False)
+    for lam in (0.99, 0.999, 0.9999):
+        ref = np.concatenate([compute_areas(c.lrs, lam, None, c.warmup_steps, False).S2[c.steps] for c in curves])
+        np.testing.assert_allclose(law._s2(F, lam), ref, rtol=1e-8, atol=1e-12)
+    for q in (0.6, 1.0, 1.4):
+        ref = []
+        for c in curves:
+            eff = effective_lrs(c.lrs, c.warmup_steps, False)
+            ref.append(np.concatenate([[0.0], np.cumsum(eff.max() * (eff / eff.max()) ** q)])[c.steps])
+        np.testing.assert_allclose(law._s1q(F, q), np.concatenate(ref), rtol=1e-10)

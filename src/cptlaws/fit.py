@@ -164,9 +164,24 @@ def _multistart(prob: _Problem, law: Law, y, n_starts: int, n_refine: int, rng, 
         raise FitError(f"law '{law.name}': no start gives a finite objective (all {U.shape[0]} starts invalid)")
     results = []
     bnds = list(zip(prob.lo, prob.hi))
-    for i in order:
-        res = minimize(prob.value_grad, U[i], jac=True, method="L-BFGS-B", bounds=bnds,
-                       options={"maxiter": 3000, "ftol": 1e-13, "gtol": 1e-9, "maxcor": 20})
+    opts = {"maxiter": 3000, "ftol": 1e-13, "gtol": 1e-9, "maxcor": 20}
+    x0s = [U[i] for i in order]
+    screen = getattr(law, "refine_screen", None)
+    if screen and len(x0s) > screen[1]:
+        # two-stage refinement (law opt-in): a short L-BFGS-B run from every start, then only the
+        # screen[1] best partial runs continue to convergence (one slow start cannot eat the budget)
+        part = []
+        for x0 in x0s:
+            res = minimize(prob.value_grad, x0, jac=True, method="L-BFGS-B", bounds=bnds,
+                           options={**opts, "maxiter": int(screen[0])})
+            if np.isfinite(res.fun) and res.fun < _BIG:
+                part.append((float(res.fun), res.x, bool(res.success)))
+        part.sort(key=lambda t: t[0])
+        for f0, x, ok in part[screen[1]:]:
+            results.append((f0 / prob.scale, x, ok))  # kept for the n_near / n_refined diagnostics
+        x0s = [x for _, x, _ in part[: screen[1]]]
+    for x0 in x0s:
+        res = minimize(prob.value_grad, x0, jac=True, method="L-BFGS-B", bounds=bnds, options=opts)
         f = float(res.fun) / prob.scale
         if np.isfinite(f) and res.fun < _BIG:
             results.append((f, res.x, bool(res.success)))

@@ -39,6 +39,9 @@ class Law:
     log_params: frozenset = frozenset()
     uses_lambda: bool = True
     description: str = ""
+    # (maxiter, keep): two-stage L-BFGS-B refinement in the fitter (short runs from every refined start,
+    # then only the ``keep`` best continue to convergence); None = every start runs to convergence
+    refine_screen: tuple[int, int] | None = None
 
     # ---- parameter space -------------------------------------------------------------------------
     def bounds(self, y: np.ndarray) -> dict[str, tuple[float, float]]:

@@ -56,13 +56,20 @@ class MPLLaw(Law):
     uses_lambda = False
     description = "multi-power law (Luo et al. 2503.12811), evaluated with prefix sums"
 
-    def __init__(self, block: int = 8):
+    def __init__(self, block: int = 8, warmup_ld: bool = False, warmup_block: int | None = None):
         if int(block) < 1:
             raise ValueError(f"law 'mpl': block = {block!r} must be >= 1")
         self.block = int(block)
+        # warmup_ld: the LD sum also runs over the warm-up LR rise (eta_{k-1} - eta_k < 0 there), as the
+        # public MPL code does (it sums over every k >= 1); this adds a slowly saturating loss *increase*
+        self.warmup_ld = bool(warmup_ld)
+        self.warmup_block = int(warmup_block) if warmup_block else self.block
 
     def options(self):
-        return {"block": self.block}
+        out = {"block": self.block}
+        if self.warmup_ld:  # only non-default extras, so older fit JSONs compare equal
+            out.update(warmup_ld=True, warmup_block=self.warmup_block)
+        return out
 
     def bounds(self, y):
         return {
@@ -88,7 +95,12 @@ class MPLLaw(Law):
             S1s.append(S1[steps])
             d = np.zeros(eff.size)
             d[1:] = eff[:-1] - eff[1:]  # d[k-1] = eta_{k-1} - eta_k
-            first, last = _blocks(d, int(c.warmup_steps), steps, self.block)
+            if self.warmup_ld and c.warmup_steps:
+                f1, l1 = _blocks(np.where(np.arange(d.size) < c.warmup_steps, d, 0.0), 0, steps, self.warmup_block)
+                f2, l2 = _blocks(d, int(c.warmup_steps), steps, self.block)
+                first, last = np.concatenate([f1, f2]).astype(int), np.concatenate([l1, l2]).astype(int)
+            else:
+                first, last = _blocks(d, int(c.warmup_steps), steps, self.block)
             if first.size:
                 csum = np.concatenate([[0.0], np.cumsum(d)])
                 Db = csum[last] - csum[first - 1]
