@@ -53,3 +53,35 @@ def test_ddp_two_gloo_processes_match_single_process(tok, tmp_path, micro):
     g = b[b.split == "general"]["loss"].to_numpy()
     assert g[-1] < g[0] - 0.3
     assert (ddp / "ckpt" / "step_8" / "state.pt").is_file()
+
+
+def test_ddp_sigterm_checkpoints_one_agreed_step_and_resumes(tok, tmp_path):
+    # torchrun forwards SIGTERM (a SLURM time limit) to both processes; they agree on one stop step
+    import signal
+    import time
+
+    out = tmp_path / "ddp"
+    cfg = pt_cfg(tok, out, steps=1500, eval_every=500, checkpoint={"every": 100, "transfer_steps": [], "keep_last": 20})
+    path = tmp_path / "ddp.json"
+    path.write_text(json.dumps(cfg))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc_per_node", "2",
+           "-m", "cptlaws.cli", "train", str(path), "--no-progress"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    while not (out / "ckpt" / "step_100").is_dir():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()[-3000:]
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    log, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0, log[-3000:]
+    meta = json.loads((out / "meta.json").read_text()) if (out / "meta.json").exists() else {}
+    ck = sorted(int(p.name[5:]) for p in (out / "ckpt").glob("step_*"))
+    assert "interrupted" in log and "SIGTERM" in log, (proc.returncode, meta.get("status"), meta.get("interrupted_at_step"), ck, log[-3000:])
+    stop = meta["interrupted_at_step"]
+    steps = sorted(int(p.name[5:]) for p in (out / "ckpt").glob("step_*"))
+    assert 100 < stop < 1500 and steps[-1] == stop, (stop, steps)
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["status"] == "ok" and meta["resumed_from"] == [stop] and meta["final_step"] == 1500

@@ -857,11 +857,14 @@ def _stop_requested(stop: list, flag, world: int, dist) -> bool:
     """Whether any process got a stop signal; under DDP all processes agree (they checkpoint together)."""
     if world == 1:
         return stop[0] is not None
-    flag.fill_(0 if stop[0] is None else int(stop[0]))
+    # decide from the reduced value only: a signal landing between reading stop[0] and the all-reduce must
+    # not make this process stop while the others go on (they would deadlock in the next collective)
+    flag.fill_(int(stop[0] or 0))
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    if stop[0] is None and int(flag.item()):
-        stop[0] = int(flag.item())
-    return stop[0] is not None
+    agreed = int(flag.item())
+    if agreed:
+        stop[0] = agreed
+    return bool(agreed)
 
 
 def _check_finite(ev: Mapping[str, float], step: int, run: str, on_fail: Callable | None = None) -> None:
