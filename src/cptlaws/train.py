@@ -65,23 +65,23 @@ class TrainingInterrupted(RuntimeError):
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
-@contextlib.contextmanager
-def _stop_on_signals(flag: list):
-    """Record a stop signal in ``flag`` instead of dying. Main thread only. Repeats are ignored: under SLURM
-    the job's other processes (Snakemake, srun) often forward the same SIGTERM, and SIGKILL follows anyway."""
+def _catch_stop_signals(flag: list) -> Callable[[], None]:
+    """Record a stop signal in ``flag`` instead of dying; returns the function that restores the old handlers.
+    Main thread only. Repeats are ignored: under SLURM the job's other processes (Snakemake, srun) often
+    forward the same SIGTERM, and SIGKILL follows anyway."""
     if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+        return lambda: None
 
     def handler(signum, _frame):
         flag[0] = flag[0] or signum
 
     old = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
-    try:
-        yield
-    finally:
+
+    def restore():
         for sig, h in old.items():
             signal.signal(sig, h)
+
+    return restore
 
 
 class TrainingDiverged(RuntimeError):
@@ -774,8 +774,7 @@ def train(config: Mapping | str | os.PathLike, *, resume: bool = True,
     stop = [None]  # the stop signal received, if any
     stop_flag = torch.zeros(1, dtype=torch.int32, device=device)
     model.train()
-    signals = contextlib.ExitStack()
-    signals.enter_context(_stop_on_signals(stop))
+    restore_signals = _catch_stop_signals(stop)
     try:
         for s in range(start + 1, cfg["steps"] + 1):
             t0 = time.perf_counter()
@@ -837,7 +836,7 @@ def train(config: Mapping | str | os.PathLike, *, resume: bool = True,
                 os._exit(137)  # test hook: die like SIGKILL, no cleanup
         flush()
     finally:
-        signals.close()
+        restore_signals()
         if bar is not None:
             bar.close()
 

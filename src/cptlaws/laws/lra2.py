@@ -69,6 +69,11 @@ def _segment(d: np.ndarray, steps: np.ndarray):
     return dd[: last - first + 1], D, pos, steps.size  # trailing zeros: closed form in s2_and_grad
 
 
+def _powered(eff: np.ndarray, power: float) -> np.ndarray:
+    """max * (eta / max)^power: the LR profile with its shape bent, its peak kept."""
+    return eff if power == 1.0 else eff.max() * (eff / eff.max()) ** power
+
+
 class LRA2Law(Law):
     name = "lra2"
     params = ("L0", "A", "alpha", "C1", "k1", "C2", "k2")
@@ -122,12 +127,11 @@ class LRA2Law(Law):
         for c in curves:
             eff = effective_lrs(c.lrs, c.warmup_steps, warmup_as_peak)
             d = np.zeros(eff.size)
-            f = eff if self.lr_power == 1.0 else eff.max() * (eff / eff.max()) ** self.lr_power
+            f = _powered(eff, self.lr_power)
             d[1:] = f[:-1] - f[1:]
             if warmup_as_peak is False and c.warmup_steps and not self.warmup_rise:
                 d[: c.warmup_steps] = 0.0  # the warm-up rise is not an anneal (it only builds S1)
-            e1 = eff if self.s1_power == 1.0 else eff.max() * (eff / eff.max()) ** self.s1_power
-            cs = np.concatenate([[0.0], np.cumsum(e1)])
+            cs = np.concatenate([[0.0], np.cumsum(_powered(eff, self.s1_power))])
             steps = np.asarray(c.steps, dtype=np.int64)
             segs.append(_segment(d, steps))
             S1.append(cs[steps])
