@@ -80,7 +80,7 @@ def test_ddp_sigterm_checkpoints_one_agreed_step_and_resumes(tok, tmp_path):
     assert "interrupted" in log and "SIGTERM" in log, (proc.returncode, meta.get("status"), meta.get("interrupted_at_step"), ck, log[-3000:])
     stop = meta["interrupted_at_step"]
     steps = sorted(int(p.name[5:]) for p in (out / "ckpt").glob("step_*"))
-    assert 100 < stop < 1500 and steps[-1] == stop, (stop, steps)
+    assert 100 <= stop < 1500 and steps[-1] == stop  # 100 itself when the signal lands during its save, (stop, steps)
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     meta = json.loads((out / "meta.json").read_text())

@@ -464,4 +464,5 @@ def test_cli_exits_143_on_sigterm(tok, tmp_path):
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
     assert "interrupted" in err and "SIGTERM" in err
     last = max(int(p.name[5:]) for p in (out / "ckpt").glob("step_*"))
-    assert 300 < last < 5000 and json.loads((out / "meta.json").read_text())["interrupted_at_step"] == last
+    # a signal during the step-300 save stops at 300 itself
+    assert 300 <= last < 5000 and json.loads((out / "meta.json").read_text())["interrupted_at_step"] == last
