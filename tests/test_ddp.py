@@ -26,23 +26,26 @@ def tok(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("micro", [0, 2], ids=["whole", "micro2"])
-def test_ddp_two_gloo_processes_match_single_process(tok, tmp_path, micro):
-    # micro2: each process accumulates 2 micro-batches of 2 rows and all-reduces once, at the last
+@pytest.mark.parametrize("micro,compiled", [(0, False), (2, False), (2, True)],
+                         ids=["whole", "micro2", "micro2-compiled"])
+def test_ddp_two_gloo_processes_match_single_process(tok, tmp_path, micro, compiled):
+    # micro2: each process accumulates 2 micro-batches of 2 rows and all-reduces once, at the last;
+    # compiled: torch.compile of the loss around the DDP module (no_sync included) in both runs
     kw = dict(steps=12, eval_every=4, checkpoint={"transfer_steps": [8]})
     single = tmp_path / "single"
-    train(pt_cfg(tok, single, **kw))
+    train(pt_cfg(tok, single, **kw, runtime={"threads": 1, "progress": False, "compile": compiled}))
     ddp = tmp_path / "ddp"
     cfg_path = tmp_path / "ddp.json"
     cfg_path.write_text(json.dumps(pt_cfg(tok, ddp, run_id="pt", **kw,
-                                          runtime={"threads": 1, "progress": False, "micro_batch": micro})))
+                                          runtime={"threads": 1, "progress": False, "micro_batch": micro,
+                                                   "compile": compiled})))
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc_per_node", "2",
            "-m", "cptlaws.cli", "train", str(cfg_path)]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     meta = json.loads((ddp / "meta.json").read_text())
-    assert meta["world_size"] == 2 and meta["status"] == "ok"
+    assert meta["world_size"] == 2 and meta["status"] == "ok" and meta["compile"] is compiled
     a, b = pd.read_parquet(single / "curve.parquet"), pd.read_parquet(ddp / "curve.parquet")
     assert a[["step", "tokens", "lr", "split"]].equals(b[["step", "tokens", "lr", "split"]])
     np.testing.assert_allclose(b["loss"], a["loss"], rtol=2e-4, atol=2e-5)

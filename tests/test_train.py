@@ -420,6 +420,23 @@ def test_bf16_on_cpu_tracks_the_fp32_run(tok, pt_run, tmp_path, compiled):
     assert last < first - 0.5  # it learns
 
 
+def test_compiled_fp32_tracks_the_eager_run_and_resumes(tok, pt_run, tmp_path):
+    # torch.compile of the whole loss (model + float cast + cross-entropy) changes kernels, not the math
+    out = tmp_path / "compiled"
+    cfg = pt_cfg(tok, out, runtime={"threads": 1, "progress": False, "compile": True})
+    with pytest.raises(Killed):
+        train(cfg, after_step=_kill_at(10))
+    train(cfg)  # resumes from the step-7 checkpoint
+    curve, log, meta = read(out)
+    ref, ref_log = read(pt_run)[:2]
+    assert meta["compile"] is True and meta["dtype"] == "float32" and meta["resumed_from"] == [7]
+    merged = curve.merge(ref, on=["step", "split"], suffixes=("", "_eager"))
+    assert len(merged) == len(curve) == len(ref)
+    np.testing.assert_allclose(merged["loss"], merged["loss_eager"], rtol=1e-4)
+    np.testing.assert_allclose(log["train_loss"], ref_log["train_loss"], rtol=1e-4)
+    assert np.array_equal(log["lr"], ref_log["lr"])
+
+
 @pytest.mark.parametrize("at", [12, 14], ids=["between-checkpoints", "on-a-checkpoint"])
 def test_sigterm_checkpoints_and_resumes_bitwise(tok, pt_run, tmp_path, at):
     # SLURM's time limit / preemption: SIGTERM -> checkpoint the step in progress, stop, resume exactly there
