@@ -7,6 +7,8 @@ step is a floor no loop can go under without fewer FLOPs or lower-precision matm
 "max speed-up" assumes every other op (attention, norms, rotary, SwiGLU, softmax, optimizer) took no time.
 
     .venv/bin/python benchmarks/step_profile.py [--preset small] [--threads 2] [--steps 5]
+    .venv/bin/python benchmarks/step_profile.py --compile-scopes   # eager vs torch.compile of the model
+        alone (what the Trainer compiles) vs of the whole loss (what `cptlaws train` compiles), interleaved
 """
 
 from __future__ import annotations
@@ -26,7 +28,13 @@ def main() -> None:
     p.add_argument("--vocab", type=int, default=1024)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--steps", type=int, default=5, help="profiled steps (after 5 warm-up steps)")
+    p.add_argument("--compile-scopes", action="store_true",
+                   help="time eager / compiled model / compiled loss steps instead of profiling")
+    p.add_argument("--rounds", type=int, default=3, help="--compile-scopes: interleaved rounds of 15 steps")
+    p.add_argument("--scopes", nargs="+", default=["eager", "model", "loss"], choices=["eager", "model", "loss"])
     a = p.parse_args()
+    if a.compile_scopes:
+        return compile_scopes(a)
 
     from torch.profiler import ProfilerActivity, profile
 
@@ -100,6 +108,50 @@ def main() -> None:
     print(f"max speed-up of any loop over this step with the same math: {step_s / floor:.2f}x "
           f"(everything but the matmuls free); with the attention kept too: "
           f"{step_s / (floor + attn_ms(self_us, a.steps) * scale):.2f}x")
+
+
+def compile_scopes(a) -> None:
+    import torch.nn.functional as F
+
+    from cptlaws.model import build_model
+
+    torch.set_num_threads(a.threads)
+    x = torch.randint(0, a.vocab, (a.batch, a.seq + 1), generator=torch.Generator().manual_seed(0))
+    steps = {}
+    for scope in a.scopes:
+        model = build_model(a.preset, a.vocab, a.seq, seed=0)
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=2e-3, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
+        fwd = torch.compile(model) if scope == "model" else model
+
+        def loss(rows, fwd=fwd):
+            logits = fwd(input_ids=rows[:, :-1], use_cache=False).logits
+            return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), rows[:, 1:].reshape(-1))
+
+        fn = torch.compile(loss) if scope == "loss" else loss
+
+        def step(fn=fn, model=model, opt=opt):
+            fn(x).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        t0 = time.perf_counter()
+        for _ in range(3):
+            step()
+        print(f"{scope}: first 3 steps (compilation) {time.perf_counter() - t0:.1f} s")
+        steps[scope] = step
+    best = {k: float("inf") for k in steps}
+    for _ in range(a.rounds):  # interleaved: machine noise hits every scope alike
+        for k, step in steps.items():
+            t0 = time.perf_counter()
+            for _ in range(15):
+                step()
+            best[k] = min(best[k], (time.perf_counter() - t0) / 15)
+    tok = a.batch * a.seq
+    for k, v in best.items():
+        print(f"compile scope {k:5s}: {v * 1e3:6.1f} ms a step, {tok / v:8,.0f} tokens/s, "
+              + "  ".join(f"{best[o] / v:.2f}x {o}" for o in best if o != k))
 
 
 def attn_ms(self_us, steps) -> float:
