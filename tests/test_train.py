@@ -103,8 +103,10 @@ def test_pt_outputs_and_exact_lr(pt_run):
     assert meta["lr_history_sha256"] == hashlib.sha256(lrs.astype("<f8").tobytes()).hexdigest()
     g = curve[curve.split == "general"].sort_values("step")["loss"].to_numpy()
     assert g[-1] < g[0] - 0.5  # it learns
-    # transfer checkpoint kept, periodic ones removed at the end
-    assert sorted(p.name for p in (pt_run / "ckpt").iterdir()) == ["step_20"]
+    # transfer checkpoint kept, periodic ones removed at the end; a copy of the outputs in ckpt/final
+    assert sorted(p.name for p in (pt_run / "ckpt").iterdir()) == ["final", "step_20"]
+    for name in ("curve.parquet", "trainlog.parquet", "meta.json"):
+        assert (pt_run / "ckpt" / "final" / name).read_bytes() == (pt_run / name).read_bytes()
 
 
 def test_cpt_exact_lr_and_branch_point(tok, pt_run, tmp_path):
@@ -418,6 +420,34 @@ def test_bf16_on_cpu_tracks_the_fp32_run(tok, pt_run, tmp_path, compiled):
     np.testing.assert_allclose(merged["loss"], merged["loss_fp32"], rtol=0.01)  # measured: 0.08 %
     first, last = log["train_loss"].iloc[0], log["train_loss"].iloc[-1]
     assert last < first - 0.5  # it learns
+
+
+@pytest.mark.parametrize("lost", [["curve.parquet", "trainlog.parquet", "meta.json"], ["curve.parquet"]],
+                         ids=["all", "one"])
+def test_finished_run_whose_outputs_were_deleted_is_restored_without_training(tok, pt_run, tmp_path, lost):
+    # Snakemake deletes the outputs of a job that fails after training finished (e.g. its epilogue crossed the
+    # SLURM time limit: TIMEOUT); the periodic checkpoints are gone by then, so the retry must not train again
+    out = tmp_path / "finished"
+    cfg = pt_cfg(tok, out)
+    train(cfg)
+    for name in lost:
+        (out / name).unlink()
+
+    def no_training(g):
+        raise AssertionError(f"step {g} trained again")
+
+    meta = train(cfg, after_step=no_training)
+    c1, t1, m1 = read(pt_run)
+    c2, t2, m2 = read(out)
+    pd.testing.assert_frame_equal(c1, c2, check_exact=True)
+    pd.testing.assert_frame_equal(t1, t2, check_exact=True)
+    assert m2["status"] == "ok" and m2["outputs_restored"] == 1 and meta["outputs_restored"] == 1
+    # another config's final copy is never restored: that run trains (and meets the old checkpoints)
+    for name in ("curve.parquet", "trainlog.parquet", "meta.json"):
+        (out / name).unlink()
+    with pytest.raises(ConfigError, match="different config"):
+        train(pt_cfg(tok, out, steps=31), after_step=no_training)
+    assert not (out / "meta.json").exists()
 
 
 def test_compiled_fp32_tracks_the_eager_run_and_resumes(tok, pt_run, tmp_path):

@@ -43,6 +43,10 @@ from cptlaws.schedules import validate as validate_schedule
 
 CKPT_STATE = "state.pt"
 CKPT_META = "meta.json"
+RUN_OUTPUTS = ("curve.parquet", "trainlog.parquet", "meta.json")  # meta.json last: it marks the run done
+# a copy of a finished run's outputs, outside Snakemake's declared outputs: a job that finishes training but
+# then fails (its epilogue crossing the SLURM time limit: TIMEOUT) has them deleted; the retry restores them
+FINAL_DIR = "final"
 KILL_ENV = "CPTLAWS_KILL_AFTER_STEP"  # test hook: hard-exit (like SIGKILL) after this global step
 
 
@@ -561,6 +565,8 @@ def train(config: Mapping | str | os.PathLike, *, resume: bool = True,
         out_dir.mkdir(parents=True, exist_ok=True)
         for stale in (out_dir / "ckpt").glob(".tmp-*") if (out_dir / "ckpt").is_dir() else []:
             shutil.rmtree(stale, ignore_errors=True)  # left by a kill during a checkpoint write
+        if resume:
+            _restore_final_outputs(out_dir, chash, run)
     barrier()
     meta_path = out_dir / "meta.json"
     if resume and meta_path.is_file():
@@ -849,15 +855,56 @@ def train(config: Mapping | str | os.PathLike, *, resume: bool = True,
             bar.close()
 
     write_outputs("ok")
-    if rank == 0 and not cfg["checkpoint"]["keep_periodic"]:  # resume points are useless once meta.json says ok
-        for s_, p in _ckpt_dirs(out_dir):
-            if s_ not in transfer:
-                shutil.rmtree(p, ignore_errors=True)
+    if rank == 0:
+        _save_final_outputs(out_dir)
+        if not cfg["checkpoint"]["keep_periodic"]:  # with the final copy saved, resume points are useless
+            for s_, p in _ckpt_dirs(out_dir):
+                if s_ not in transfer:
+                    shutil.rmtree(p, ignore_errors=True)
     barrier()
     result = json.loads(meta_path.read_text()) if rank == 0 else meta("ok")
     if world > 1 and dist.is_initialized():
         dist.destroy_process_group()
     return result
+
+
+def _save_final_outputs(out_dir: Path) -> None:
+    root = out_dir / "ckpt"
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".tmp-{FINAL_DIR}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    for name in RUN_OUTPUTS:
+        shutil.copy2(out_dir / name, tmp / name)
+        with open(tmp / name, "rb") as fh:
+            os.fsync(fh.fileno())
+    final = root / FINAL_DIR
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+
+
+def _restore_final_outputs(out_dir: Path, chash: str, run: str) -> bool:
+    """Put back the outputs of this config's finished run when any of them is missing (deleted after the job
+    that wrote them failed late); returns whether it did."""
+    final = out_dir / "ckpt" / FINAL_DIR
+    if all((out_dir / n).is_file() for n in RUN_OUTPUTS) or not all((final / n).is_file() for n in RUN_OUTPUTS):
+        return False
+    try:
+        done = json.loads((final / "meta.json").read_text())
+    except (OSError, ValueError):
+        return False
+    if done.get("config_hash") != chash or done.get("status") != "ok":
+        return False  # another config's result: train as usual (its checkpoints decide)
+    done["outputs_restored"] = int(done.get("outputs_restored", 0)) + 1
+    for name in RUN_OUTPUTS[:-1]:
+        with atomic_path(out_dir / name) as tmp:
+            shutil.copyfile(final / name, tmp)
+    write_json(out_dir / "meta.json", done)
+    write_json(final / "meta.json", done)
+    print(f"run {run}: training had finished; restored its outputs from {final} (they had been deleted, e.g. "
+          f"after a job that finished past its time limit)", file=sys.stderr)
+    return True
 
 
 def _fused_adamw_supported(device) -> bool:
