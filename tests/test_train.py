@@ -6,8 +6,10 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -428,6 +430,7 @@ def test_finished_run_whose_outputs_were_deleted_is_restored_without_training(to
     # Snakemake deletes the outputs of a job that fails after training finished (e.g. its epilogue crossed the
     # SLURM time limit: TIMEOUT); the periodic checkpoints are gone by then, so the retry must not train again
     out = tmp_path / "finished"
+    tok = Path(shutil.copytree(tok, tmp_path / "tok"))  # its mtimes are touched below
     cfg = pt_cfg(tok, out)
     train(cfg)
     for name in lost:
@@ -442,6 +445,15 @@ def test_finished_run_whose_outputs_were_deleted_is_restored_without_training(to
     pd.testing.assert_frame_equal(c1, c2, check_exact=True)
     pd.testing.assert_frame_equal(t1, t2, check_exact=True)
     assert m2["status"] == "ok" and m2["outputs_restored"] == 1 and meta["outputs_restored"] == 1
+    # newer input data (Snakemake reruns the job on purpose): no restore, it trains again
+    (out / "curve.parquet").unlink()
+    newer = time.time() + 5
+    for f in (tok / "general").rglob("*"):
+        os.utime(f, (newer, newer))
+    with pytest.raises(AssertionError, match="trained again"):
+        train(cfg, after_step=no_training)
+    train(cfg)
+    assert "outputs_restored" not in read(out)[2]
     # another config's final copy is never restored: that run trains (and meets the old checkpoints)
     for name in ("curve.parquet", "trainlog.parquet", "meta.json"):
         (out / name).unlink()

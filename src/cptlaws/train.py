@@ -566,10 +566,10 @@ def train(config: Mapping | str | os.PathLike, *, resume: bool = True,
         for stale in (out_dir / "ckpt").glob(".tmp-*") if (out_dir / "ckpt").is_dir() else []:
             shutil.rmtree(stale, ignore_errors=True)  # left by a kill during a checkpoint write
         if resume:
-            _restore_final_outputs(out_dir, chash, run)
+            _restore_final_outputs(out_dir, chash, run, cfg)
     barrier()
     meta_path = out_dir / "meta.json"
-    if resume and meta_path.is_file():
+    if resume and all((out_dir / n).is_file() for n in RUN_OUTPUTS):
         done = json.loads(meta_path.read_text())
         if done.get("config_hash") == chash and done.get("status") == "ok":
             return done
@@ -884,7 +884,27 @@ def _save_final_outputs(out_dir: Path) -> None:
     os.replace(tmp, final)
 
 
-def _restore_final_outputs(out_dir: Path, chash: str, run: str) -> bool:
+def _input_paths(cfg: Mapping) -> dict[str, str]:
+    paths = {f"data.{k}": v for k, v in cfg["data"].items() if k in ("general", "domain") and v}
+    paths.update({f"valid.{k}": v for k, v in cfg["valid"].items()})
+    if cfg.get("tokenizer"):
+        paths["tokenizer"] = cfg["tokenizer"]
+    if cfg["phase"] == "cpt":
+        paths["init.checkpoint"] = cfg["init"]["checkpoint"]
+    return paths
+
+
+def _newest_mtime(path: str | os.PathLike) -> float:
+    """Newest modification time of a file or of any file under a directory; 0 if it is not local (hub)."""
+    p = Path(path)
+    if p.is_file():
+        return p.stat().st_mtime
+    if not p.is_dir():
+        return 0.0
+    return max((f.stat().st_mtime for f in p.rglob("*") if f.is_file()), default=p.stat().st_mtime)
+
+
+def _restore_final_outputs(out_dir: Path, chash: str, run: str, cfg: Mapping) -> bool:
     """Put back the outputs of this config's finished run when any of them is missing (deleted after the job
     that wrote them failed late); returns whether it did."""
     final = out_dir / "ckpt" / FINAL_DIR
@@ -896,6 +916,17 @@ def _restore_final_outputs(out_dir: Path, chash: str, run: str) -> bool:
         return False
     if done.get("config_hash") != chash or done.get("status") != "ok":
         return False  # another config's result: train as usual (its checkpoints decide)
+    # a rerun Snakemake asked for on purpose (new input data, a new software environment) must train again
+    stale = None
+    if done.get("versions") != _versions():
+        stale = "the software versions changed"
+    else:
+        newer = [k for k, p in _input_paths(cfg).items() if _newest_mtime(p) > (final / "meta.json").stat().st_mtime]
+        if newer:
+            stale = f"input '{newer[0]}' is newer"
+    if stale:
+        print(f"run {run}: not restoring the outputs in {final}: {stale}; training", file=sys.stderr)
+        return False
     done["outputs_restored"] = int(done.get("outputs_restored", 0)) + 1
     for name in RUN_OUTPUTS[:-1]:
         with atomic_path(out_dir / name) as tmp:
