@@ -19,6 +19,21 @@ import time
 
 import torch
 
+MM_OPS = ("aten::mm", "aten::addmm", "aten::bmm")
+
+
+def make_step(model, loss):
+    """One training step as both loops take it: loss, backward, clip 1.0, fused AdamW."""
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
+
+    def step():
+        loss().backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -43,14 +58,8 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     model = build_model(a.preset, a.vocab, a.seq, seed=0)
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, betas=(0.9, 0.95), weight_decay=0.1)
     x = torch.randint(0, a.vocab, (a.batch, a.seq + 1), generator=torch.Generator().manual_seed(0))
-
-    def step():
-        model(input_ids=x[:, :-1], labels=x[:, 1:]).loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+    step = make_step(model, lambda: model(input_ids=x[:, :-1], labels=x[:, 1:]).loss)
 
     for _ in range(5):
         step()
@@ -66,7 +75,7 @@ def main() -> None:
     self_us: collections.Counter = collections.Counter()
     for ev in prof.events():
         self_us[ev.name] += ev.self_cpu_time_total
-        if ev.name in ("aten::mm", "aten::addmm", "aten::bmm") and ev.input_shapes:
+        if ev.name in MM_OPS and ev.input_shapes:
             shapes[(ev.name, tuple(tuple(s) for s in ev.input_shapes if s))] += 1
     prof_total = sum(self_us.values()) / a.steps / 1e6
 
@@ -87,11 +96,11 @@ def main() -> None:
         b = shp[-2][0] if name == "aten::bmm" else 1
         mm_s += per * n / a.steps
         flops += 2 * b * m * k * nn * n / a.steps
-    mm_in_step = (self_us["aten::mm"] + self_us["aten::addmm"] + self_us["aten::bmm"]) / a.steps / 1e6
+    mm_in_step = sum(self_us[k] for k in MM_OPS) / a.steps / 1e6
     # scale the profiled self times to the unprofiled step (the profiler adds its own overhead)
     scale = step_s / prof_total
 
-    n_total, n_nonembed = count_params(model)
+    n_nonembed = count_params(model)[1]
     tok = a.batch * a.seq
     print(f"preset {a.preset}: {n_nonembed / 1e6:.2f}M non-embedding params, batch {a.batch}x{a.seq}, "
           f"{a.threads} threads, float32 eager, {a.steps} profiled steps")
@@ -102,12 +111,12 @@ def main() -> None:
     print(f"the same GEMMs alone: {mm_s * 1e3:.1f} ms ({flops / mm_s / 1e9:.0f} GFLOP/s)")
     print("largest other ops (ms a step):")
     for name, us in self_us.most_common(12):
-        if name not in ("aten::mm", "aten::addmm", "aten::bmm"):
+        if name not in MM_OPS:
             print(f"  {name[:60]:60s} {us / a.steps / 1e3 * scale:7.1f}")
     floor = min(mm_s, mm_in_step * scale)
+    attn_s = sum(v for k, v in self_us.items() if "scaled_dot_product" in k) / a.steps / 1e6 * scale
     print(f"max speed-up of any loop over this step with the same math: {step_s / floor:.2f}x "
-          f"(everything but the matmuls free); with the attention kept too: "
-          f"{step_s / (floor + attn_ms(self_us, a.steps) * scale):.2f}x")
+          f"(everything but the matmuls free); with the attention kept too: {step_s / (floor + attn_s):.2f}x")
 
 
 def compile_scopes(a) -> None:
@@ -121,20 +130,13 @@ def compile_scopes(a) -> None:
     for scope in a.scopes:
         model = build_model(a.preset, a.vocab, a.seq, seed=0)
         model.train()
-        opt = torch.optim.AdamW(model.parameters(), lr=2e-3, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
         fwd = torch.compile(model) if scope == "model" else model
 
-        def loss(rows, fwd=fwd):
-            logits = fwd(input_ids=rows[:, :-1], use_cache=False).logits
-            return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), rows[:, 1:].reshape(-1))
+        def loss(fwd=fwd):
+            logits = fwd(input_ids=x[:, :-1], use_cache=False).logits
+            return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
 
-        fn = torch.compile(loss) if scope == "loss" else loss
-
-        def step(fn=fn, model=model, opt=opt):
-            fn(x).backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+        step = make_step(model, torch.compile(loss) if scope == "loss" else loss)
 
         t0 = time.perf_counter()
         for _ in range(3):
@@ -153,9 +155,6 @@ def compile_scopes(a) -> None:
         print(f"compile scope {k:5s}: {v * 1e3:6.1f} ms a step, {tok / v:8,.0f} tokens/s, "
               + "  ".join(f"{best[o] / v:.2f}x {o}" for o in best if o != k))
 
-
-def attn_ms(self_us, steps) -> float:
-    return sum(v for k, v in self_us.items() if "scaled_dot_product" in k) / steps / 1e6
 
 
 if __name__ == "__main__":

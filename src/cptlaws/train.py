@@ -407,23 +407,30 @@ def _ckpt_dirs(out_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def _save_checkpoint(path: Path, state: dict, meta: dict) -> None:
-    """Write into a temporary sibling dir, fsync, then rename: a kill leaves no partial step_<T>."""
-    import torch
-
+@contextlib.contextmanager
+def _atomic_dir(path: Path):
+    """Yield a temporary sibling dir to fill; then fsync its files and rename it onto ``path``: a kill leaves
+    no partial ``path`` (the ``.tmp-*`` debris is removed when the run starts again)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".tmp-{path.name}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    torch.save(state, tmp / CKPT_STATE)
-    (tmp / CKPT_META).write_text(json.dumps(meta, indent=2, default=str) + "\n")
-    for f in (CKPT_STATE, CKPT_META):
-        with open(tmp / f, "rb") as fh:
+    yield tmp
+    for f in tmp.iterdir():
+        with open(f, "rb") as fh:
             os.fsync(fh.fileno())
-    if path.exists():  # re-saving the same step (a restarted run): the old copy is equivalent
+    if path.exists():  # re-saving the same step (a restarted run) or the final copy: the old one is replaced
         shutil.rmtree(path)
     os.replace(tmp, path)
+
+
+def _save_checkpoint(path: Path, state: dict, meta: dict) -> None:
+    import torch
+
+    with _atomic_dir(path) as tmp:
+        torch.save(state, tmp / CKPT_STATE)
+        (tmp / CKPT_META).write_text(json.dumps(meta, indent=2, default=str) + "\n")
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -869,19 +876,9 @@ def train(config: Mapping | str | os.PathLike, *, resume: bool = True,
 
 
 def _save_final_outputs(out_dir: Path) -> None:
-    root = out_dir / "ckpt"
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".tmp-{FINAL_DIR}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    for name in RUN_OUTPUTS:
-        shutil.copy2(out_dir / name, tmp / name)
-        with open(tmp / name, "rb") as fh:
-            os.fsync(fh.fileno())
-    final = root / FINAL_DIR
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    with _atomic_dir(out_dir / "ckpt" / FINAL_DIR) as tmp:
+        for name in RUN_OUTPUTS:
+            shutil.copy2(out_dir / name, tmp / name)  # copy2 keeps the mtimes the restore compares inputs with
 
 
 def _input_paths(cfg: Mapping) -> dict[str, str]:
@@ -904,18 +901,18 @@ def _newest_mtime(path: str | os.PathLike) -> float:
     return max((f.stat().st_mtime for f in p.rglob("*") if f.is_file()), default=p.stat().st_mtime)
 
 
-def _restore_final_outputs(out_dir: Path, chash: str, run: str, cfg: Mapping) -> bool:
+def _restore_final_outputs(out_dir: Path, chash: str, run: str, cfg: Mapping) -> None:
     """Put back the outputs of this config's finished run when any of them is missing (deleted after the job
-    that wrote them failed late); returns whether it did."""
+    that wrote them failed late)."""
     final = out_dir / "ckpt" / FINAL_DIR
     if all((out_dir / n).is_file() for n in RUN_OUTPUTS) or not all((final / n).is_file() for n in RUN_OUTPUTS):
-        return False
+        return
     try:
         done = json.loads((final / "meta.json").read_text())
     except (OSError, ValueError):
-        return False
+        return
     if done.get("config_hash") != chash or done.get("status") != "ok":
-        return False  # another config's result: train as usual (its checkpoints decide)
+        return  # another config's result: train as usual (its checkpoints decide)
     # a rerun Snakemake asked for on purpose (new input data, a new software environment) must train again
     stale = None
     if done.get("versions") != _versions():
@@ -926,7 +923,7 @@ def _restore_final_outputs(out_dir: Path, chash: str, run: str, cfg: Mapping) ->
             stale = f"input '{newer[0]}' is newer"
     if stale:
         print(f"run {run}: not restoring the outputs in {final}: {stale}; training", file=sys.stderr)
-        return False
+        return
     done["outputs_restored"] = int(done.get("outputs_restored", 0)) + 1
     for name in RUN_OUTPUTS[:-1]:
         with atomic_path(out_dir / name) as tmp:
@@ -935,7 +932,6 @@ def _restore_final_outputs(out_dir: Path, chash: str, run: str, cfg: Mapping) ->
     write_json(final / "meta.json", done)
     print(f"run {run}: training had finished; restored its outputs from {final} (they had been deleted, e.g. "
           f"after a job that finished past its time limit)", file=sys.stderr)
-    return True
 
 
 def _fused_adamw_supported(device) -> bool:
