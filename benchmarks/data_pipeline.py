@@ -14,9 +14,10 @@ import argparse
 import time
 from pathlib import Path
 
-from cptlaws.corpora import CorpusError, fetch_corpus
-from cptlaws.tokenize_data import tokenize_corpus
-from cptlaws.tokenizer import train_tokenizer
+from cptlaws.data.corpora import fetch_corpus
+from cptlaws.data.tokenize import tokenize_corpus
+from cptlaws.data.tokenizer import train_tokenizer
+from cptlaws.errors import DataError
 
 
 def main() -> None:
@@ -36,7 +37,7 @@ def main() -> None:
         t0 = time.perf_counter()
         try:
             provs[name] = fetch_corpus(name, out / "corpora" / name)
-        except CorpusError as exc:
+        except DataError as exc:
             if name != "math":
                 raise
             print(f"skipping optional corpus math: {exc}")
@@ -48,18 +49,27 @@ def main() -> None:
     metas = {}
     for name in provs:
         t0 = time.perf_counter()
-        metas[name] = tokenize_corpus(out / "corpora" / name, out / "tokenizer" / f"bpe{args.vocab}.json",
-                                      out / "tokens" / name, seq_len=args.seq_len, num_proc=args.num_proc)
+        metas[name] = tokenize_corpus(
+            out / "corpora" / name,
+            out / "tokenizer" / f"bpe{args.vocab}.json",
+            out / "tokens" / name,
+            seq_len=args.seq_len,
+            num_proc=args.num_proc,
+        )
         times[f"tokenize {name}"] = time.perf_counter() - t0
     total = time.perf_counter() - t_all
 
-    print(f"\ntokenizer: byte-level BPE, vocab {tmeta['vocab_size']}, trained on general/train "
-          f"({tmeta['train_corpus']['n_bytes'] / 1e6:.2f} MB) in {tmeta['train_s']:.2f} s")
+    print(
+        f"\ntokenizer: byte-level BPE, vocab {tmeta['vocab_size']}, trained on general/train "
+        f"({tmeta['train_corpus']['n_bytes'] / 1e6:.2f} MB) in {tmeta['train_s']:.2f} s"
+    )
     print(f"\n{'corpus':8s} {'split':5s} {'docs':>6s} {'MB':>7s} {'tokens':>10s} {'rows':>8s} {'tok/byte':>9s}")
     for name, m in metas.items():
         for split, s in m["splits"].items():
-            print(f"{name:8s} {split:5s} {s['n_docs']:6d} {s['n_bytes'] / 1e6:7.2f} {s['n_tokens']:10d} "
-                  f"{s['n_rows']:8d} {s['tokens_per_byte']:9.4f}")
+            print(
+                f"{name:8s} {split:5s} {s['n_docs']:6d} {s['n_bytes'] / 1e6:7.2f} {s['n_tokens']:10d} "
+                f"{s['n_rows']:8d} {s['tokens_per_byte']:9.4f}"
+            )
     print()
     for k, v in times.items():
         print(f"{k:20s} {v:7.2f} s")

@@ -12,7 +12,6 @@ Prints a markdown table (per held-out curve and averaged) and writes it to bench
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -20,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cptlaws.curves import Curve
-from cptlaws.fit import fit_law
+from cptlaws.fitting import fit_law
+from cptlaws.fitting.curves import Curve
+from cptlaws.fitting.metrics import evaluate
 from cptlaws.io import write_json, write_text
-from cptlaws.metrics import evaluate
 from cptlaws.schedules import lr_array
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,20 +76,31 @@ CONFIGS = {
     "lra, lambda fitted": {"law": "lra", "lam": "fit", "warmup_as_peak": False},
     "mpl": {"law": "mpl", "warmup_as_peak": False},
     "lra2 (previous recommendation)": {"law": "lra2", "warmup_as_peak": False},
-    "mpl, warm-up rise in LD (public-code form)": {"law": "mpl", "warmup_as_peak": False,
-                                                   "law_options": {"warmup_ld": True, "warmup_block": 32}},
+    "mpl, warm-up rise in LD (public-code form)": {
+        "law": "mpl",
+        "warmup_as_peak": False,
+        "law_options": {"warmup_ld": True, "warmup_block": 32},
+    },
     # lra2 with the warm-up rise kept in S2 and S1 = sum eta_max*(eta/eta_max)^q with q fitted
     "lra2, warm-up rise + fitted S1 power (recommended)": {
-        "law": "lra2", "warmup_as_peak": False, "law_options": {"warmup_rise": True, "s1_power": "fit"}},
+        "law": "lra2",
+        "warmup_as_peak": False,
+        "law_options": {"warmup_rise": True, "s1_power": "fit"},
+    },
 }
 
 
 def run(data: Path, sizes, n_starts: int, configs) -> tuple[str, dict]:
-    rows, summary = [], {}
-    lines = ["| size | law | curve | MAE | RMSE | R2 | mean rel % | worst rel % | fit s |", "|---|---|---|---|---|---|---|---|---|"]
+    summary = {}
+    lines = [
+        "| size | law | curve | MAE | RMSE | R2 | mean rel % | worst rel % | fit s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for size in sizes:
         curves, worst = load_size(data, size)
-        print(f"# {size}M: {len(curves)} curves, LR rebuild vs CSV lr column: max rel. diff {worst:.2e}", file=sys.stderr)
+        print(
+            f"# {size}M: {len(curves)} curves, LR rebuild vs CSV lr column: max rel. diff {worst:.2e}", file=sys.stderr
+        )
         fit_c = [c for c in curves if c.run_id in FIT_RUNS]
         held = [c for c in curves if c.run_id not in FIT_RUNS]
         for cname, kw in configs.items():
@@ -100,16 +110,29 @@ def run(data: Path, sizes, n_starts: int, configs) -> tuple[str, dict]:
             fit = fit_law(law, fit_c, n_starts=n_starts, **kw)
             wall = time.perf_counter() - t0
             ev = evaluate(fit, held)
-            summary.setdefault(str(size), {})[cname] = {"mean": ev["mean"], "per_run": ev["per_run"], "wall_s": wall,
-                                                        "params": fit.params, "lam": fit.lam, "diagnostics": fit.diagnostics}
+            summary.setdefault(str(size), {})[cname] = {
+                "mean": ev["mean"],
+                "per_run": ev["per_run"],
+                "wall_s": wall,
+                "params": fit.params,
+                "lam": fit.lam,
+                "diagnostics": fit.diagnostics,
+            }
             for run_id, m in ev["per_run"].items():
-                lines.append(f"| {size}M | {cname} | {run_id} | {m['mae']:.5f} | {m['rmse']:.5f} | {m['r2']:.4f} | "
-                             f"{100 * m['mean_rel']:.3f} | {100 * m['worst_rel']:.3f} | |")
+                lines.append(
+                    f"| {size}M | {cname} | {run_id} | {m['mae']:.5f} | {m['rmse']:.5f} | {m['r2']:.4f} | "
+                    f"{100 * m['mean_rel']:.3f} | {100 * m['worst_rel']:.3f} | |"
+                )
             m = ev["mean"]
-            lines.append(f"| {size}M | **{cname}** | **mean** | **{m['mae']:.5f}** | {m['rmse']:.5f} | {m['r2']:.4f} | "
-                         f"{100 * m['mean_rel']:.3f} | {100 * m['worst_rel']:.3f} | {wall:.2f} |")
-            print(f"{size}M {cname:28s} MAE {m['mae']:.5f}  R2 {m['r2']:.4f}  worst {100*m['worst_rel']:.3f}%  "
-                  f"lam {fit.lam:.5f}  {wall:.2f}s  (published MPL {PUBLISHED_MPL[size]})", file=sys.stderr)
+            lines.append(
+                f"| {size}M | **{cname}** | **mean** | **{m['mae']:.5f}** | {m['rmse']:.5f} | {m['r2']:.4f} | "
+                f"{100 * m['mean_rel']:.3f} | {100 * m['worst_rel']:.3f} | {wall:.2f} |"
+            )
+            print(
+                f"{size}M {cname:28s} MAE {m['mae']:.5f}  R2 {m['r2']:.4f}  worst {100 * m['worst_rel']:.3f}%  "
+                f"lam {fit.lam:.5f}  {wall:.2f}s  (published MPL {PUBLISHED_MPL[size]})",
+                file=sys.stderr,
+            )
     avg = ["", "| law | " + " | ".join(f"{s}M mean MAE" for s in sizes) + " |", "|---|" + "---|" * len(sizes)]
     avg.append("| published multi-power law | " + " | ".join(f"{PUBLISHED_MPL[s]:.5f}" for s in sizes) + " |")
     for cname in configs:

@@ -43,8 +43,11 @@ def main() -> None:
     p.add_argument("--vocab", type=int, default=1024)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--steps", type=int, default=5, help="profiled steps (after 5 warm-up steps)")
-    p.add_argument("--compile-scopes", action="store_true",
-                   help="time eager / compiled model / compiled loss steps instead of profiling")
+    p.add_argument(
+        "--compile-scopes",
+        action="store_true",
+        help="time eager / compiled model / compiled loss steps instead of profiling",
+    )
     p.add_argument("--rounds", type=int, default=3, help="--compile-scopes: interleaved rounds of 15 steps")
     p.add_argument("--scopes", nargs="+", default=["eager", "model", "loss"], choices=["eager", "model", "loss"])
     a = p.parse_args()
@@ -53,7 +56,7 @@ def main() -> None:
 
     from torch.profiler import ProfilerActivity, profile
 
-    from cptlaws.model import build_model, count_params
+    from cptlaws.train.model import build_model, count_params
 
     torch.set_num_threads(a.threads)
     model = build_model(a.preset, a.vocab, a.seq, seed=0)
@@ -102,12 +105,16 @@ def main() -> None:
 
     n_nonembed = count_params(model)[1]
     tok = a.batch * a.seq
-    print(f"preset {a.preset}: {n_nonembed / 1e6:.2f}M non-embedding params, batch {a.batch}x{a.seq}, "
-          f"{a.threads} threads, float32 eager, {a.steps} profiled steps")
+    print(
+        f"preset {a.preset}: {n_nonembed / 1e6:.2f}M non-embedding params, batch {a.batch}x{a.seq}, "
+        f"{a.threads} threads, float32 eager, {a.steps} profiled steps"
+    )
     print(f"step: {step_s * 1e3:.1f} ms = {tok / step_s:,.0f} tokens/s")
-    print(f"matmuls: {sum(shapes.values()) // a.steps} a step, {flops / 1e9:.1f} GFLOP, "
-          f"{mm_in_step * scale * 1e3:.1f} ms in the step ({mm_in_step * scale / step_s:.0%}), "
-          f"{flops / (mm_in_step * scale) / 1e9:.0f} GFLOP/s")
+    print(
+        f"matmuls: {sum(shapes.values()) // a.steps} a step, {flops / 1e9:.1f} GFLOP, "
+        f"{mm_in_step * scale * 1e3:.1f} ms in the step ({mm_in_step * scale / step_s:.0%}), "
+        f"{flops / (mm_in_step * scale) / 1e9:.0f} GFLOP/s"
+    )
     print(f"the same GEMMs alone: {mm_s * 1e3:.1f} ms ({flops / mm_s / 1e9:.0f} GFLOP/s)")
     print("largest other ops (ms a step):")
     for name, us in self_us.most_common(12):
@@ -115,14 +122,16 @@ def main() -> None:
             print(f"  {name[:60]:60s} {us / a.steps / 1e3 * scale:7.1f}")
     floor = min(mm_s, mm_in_step * scale)
     attn_s = sum(v for k, v in self_us.items() if "scaled_dot_product" in k) / a.steps / 1e6 * scale
-    print(f"max speed-up of any loop over this step with the same math: {step_s / floor:.2f}x "
-          f"(everything but the matmuls free); with the attention kept too: {step_s / (floor + attn_s):.2f}x")
+    print(
+        f"max speed-up of any loop over this step with the same math: {step_s / floor:.2f}x "
+        f"(everything but the matmuls free); with the attention kept too: {step_s / (floor + attn_s):.2f}x"
+    )
 
 
 def compile_scopes(a) -> None:
     import torch.nn.functional as F
 
-    from cptlaws.model import build_model
+    from cptlaws.train.model import build_model
 
     torch.set_num_threads(a.threads)
     x = torch.randint(0, a.vocab, (a.batch, a.seq + 1), generator=torch.Generator().manual_seed(0))
@@ -152,9 +161,10 @@ def compile_scopes(a) -> None:
             best[k] = min(best[k], (time.perf_counter() - t0) / 15)
     tok = a.batch * a.seq
     for k, v in best.items():
-        print(f"compile scope {k:5s}: {v * 1e3:6.1f} ms a step, {tok / v:8,.0f} tokens/s, "
-              + "  ".join(f"{best[o] / v:.2f}x {o}" for o in best if o != k))
-
+        print(
+            f"compile scope {k:5s}: {v * 1e3:6.1f} ms a step, {tok / v:8,.0f} tokens/s, "
+            + "  ".join(f"{best[o] / v:.2f}x {o}" for o in best if o != k)
+        )
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16 FLOP/
 
 
 def make_data(root: Path, vocab: int, seq: int, rows: int) -> None:
-    from cptlaws.data import save_rows
+    from cptlaws.data.rows import save_rows
 
     rng = np.random.default_rng(0)
     # Zipf-ish ids: a realistic softmax target distribution
@@ -49,26 +49,45 @@ def child_ours(a) -> dict:
     from cptlaws.train import train
 
     out = Path(a.work) / f"ours-{time.time_ns()}"
-    cfg = {"run_id": "bench", "phase": "pt", "out_dir": str(out), "model": {"preset": a.preset},
-           "data": {"general": a.data}, "valid": {"general": a.data}, "batch_size": a.batch, "seq_len": a.seq,
-           "steps": a.steps, "eval_every": a.steps, "eval_batches": 1,
-           "schedule": {"kind": "constant", "peak_lr": 2.0e-3},
-           "runtime": {"threads": a.threads, "progress": False, "device": a.device, "compile": a.compile,
-                       "dtype": a.dtype}}
+    cfg = {
+        "run_id": "bench",
+        "phase": "pt",
+        "out_dir": str(out),
+        "model": {"preset": a.preset},
+        "data": {"general": a.data},
+        "valid": {"general": a.data},
+        "batch_size": a.batch,
+        "seq_len": a.seq,
+        "steps": a.steps,
+        "eval_every": a.steps,
+        "eval_batches": 1,
+        "schedule": {"kind": "constant", "peak_lr": 2.0e-3},
+        "runtime": {
+            "threads": a.threads,
+            "progress": False,
+            "device": a.device,
+            "compile": a.compile,
+            "dtype": a.dtype,
+        },
+    }
     stamps = []
     meta = train(cfg, after_step=lambda g: stamps.append(time.perf_counter()))
     st = json.loads((out / "meta.json").read_text())
     tps = steady(stamps, a) if a.skip else st["train_tokens_per_s"]
-    return {"tokens_per_s": tps, "wall_s": st["wall_time_s"], "n_nonembed": meta["n_nonembed"],
-            "final_train_loss": float(__import__("pandas").read_parquet(out / "trainlog.parquet")["train_loss"].iloc[-1])}
+    return {
+        "tokens_per_s": tps,
+        "wall_s": st["wall_time_s"],
+        "n_nonembed": meta["n_nonembed"],
+        "final_train_loss": float(__import__("pandas").read_parquet(out / "trainlog.parquet")["train_loss"].iloc[-1]),
+    }
 
 
 def child_trainer(a) -> dict:
     import torch
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
-    from cptlaws.data import load_rows
-    from cptlaws.model import build_model, count_params
+    from cptlaws.data.rows import load_rows
+    from cptlaws.train.model import build_model, count_params
 
     torch.set_num_threads(a.threads)
     rows = load_rows(a.data, "train", a.seq)
@@ -97,11 +116,26 @@ def child_trainer(a) -> dict:
             times["end"] = time.perf_counter()
 
     args = TrainingArguments(
-        output_dir=str(Path(a.work) / "hf"), per_device_train_batch_size=a.batch, max_steps=a.steps,
-        learning_rate=2e-3, lr_scheduler_type="constant", warmup_steps=0, adam_beta1=0.9, adam_beta2=0.95,
-        weight_decay=0.1, max_grad_norm=1.0, logging_steps=a.steps, save_strategy="no", report_to=[],
-        dataloader_num_workers=0, use_cpu=a.device == "cpu", disable_tqdm=True, seed=0,
-        bf16=a.dtype == "bfloat16", torch_compile=a.compile)
+        output_dir=str(Path(a.work) / "hf"),
+        per_device_train_batch_size=a.batch,
+        max_steps=a.steps,
+        learning_rate=2e-3,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        adam_beta1=0.9,
+        adam_beta2=0.95,
+        weight_decay=0.1,
+        max_grad_norm=1.0,
+        logging_steps=a.steps,
+        save_strategy="no",
+        report_to=[],
+        dataloader_num_workers=0,
+        use_cpu=a.device == "cpu",
+        disable_tqdm=True,
+        seed=0,
+        bf16=a.dtype == "bfloat16",
+        torch_compile=a.compile,
+    )
     last = {}
 
     class LastLoss(Trainer):  # the last step's loss, like ours (train_loss in metrics is the run's mean)
@@ -114,14 +148,43 @@ def child_trainer(a) -> dict:
     res = tr.train()
     dt = times["end"] - times["start"]
     tps = steady(stamps, a) if a.skip else a.steps * a.batch * a.seq / dt
-    return {"tokens_per_s": tps, "wall_s": res.metrics["train_runtime"],
-            "n_nonembed": count_params(model)[1], "final_train_loss": float(last["loss"])}
+    return {
+        "tokens_per_s": tps,
+        "wall_s": res.metrics["train_runtime"],
+        "n_nonembed": count_params(model)[1],
+        "final_train_loss": float(last["loss"]),
+    }
 
 
 def run_child(which: str, a) -> dict:
-    cmd = [sys.executable, __file__, "--child", which, "--data", a.data, "--work", a.work, "--preset", a.preset,
-           "--steps", str(a.steps), "--batch", str(a.batch), "--seq", str(a.seq), "--vocab", str(a.vocab),
-           "--threads", str(a.threads), "--device", a.device, "--skip", str(a.skip), "--dtype", a.dtype] + (["--compile"] if a.compile else [])
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        which,
+        "--data",
+        a.data,
+        "--work",
+        a.work,
+        "--preset",
+        a.preset,
+        "--steps",
+        str(a.steps),
+        "--batch",
+        str(a.batch),
+        "--seq",
+        str(a.seq),
+        "--vocab",
+        str(a.vocab),
+        "--threads",
+        str(a.threads),
+        "--device",
+        a.device,
+        "--skip",
+        str(a.skip),
+        "--dtype",
+        a.dtype,
+    ] + (["--compile"] if a.compile else [])
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode:
         raise SystemExit(f"{which} failed:\n{r.stderr[-4000:]}")
@@ -137,13 +200,21 @@ def main() -> None:
     p.add_argument("--vocab", type=int, default=1024)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
-                   help="compute dtype of both loops (bf16 autocast, fp32 weights); default fp32 on CPU, bf16 on CUDA")
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16"],
+        default=None,
+        help="compute dtype of both loops (bf16 autocast, fp32 weights); default fp32 on CPU, bf16 on CUDA",
+    )
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--only", choices=["ours", "trainer"], default=None)
     p.add_argument("--compile", action="store_true", help="torch.compile in both loops (Trainer: torch_compile=True)")
-    p.add_argument("--skip", type=int, default=0,
-                   help="leave the first SKIP steps (compilation, warm-up) out of tokens/s, in both loops")
+    p.add_argument(
+        "--skip",
+        type=int,
+        default=0,
+        help="leave the first SKIP steps (compilation, warm-up) out of tokens/s, in both loops",
+    )
     p.add_argument("--child", choices=["ours", "trainer"], help=argparse.SUPPRESS)
     p.add_argument("--data", help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)
@@ -165,10 +236,12 @@ def main() -> None:
                 r = run_child(n, a)
                 if n not in best or r["tokens_per_s"] > best[n]["tokens_per_s"]:
                     best[n] = r
-    print(f"model preset {a.preset} ({best[names[0]]['n_nonembed'] / 1e6:.2f}M non-embedding params), "
-          f"batch {a.batch}x{a.seq}, vocab {a.vocab}, {a.steps} steps, {a.threads} threads, {a.device}, "
-          f"best of {a.repeats}, {a.dtype}, compile {'on' if a.compile else 'off'} (both), "
-          + (f"steps {a.skip + 1}..{a.steps - 1} timed" if a.skip else "every step timed"))
+    print(
+        f"model preset {a.preset} ({best[names[0]]['n_nonembed'] / 1e6:.2f}M non-embedding params), "
+        f"batch {a.batch}x{a.seq}, vocab {a.vocab}, {a.steps} steps, {a.threads} threads, {a.device}, "
+        f"best of {a.repeats}, {a.dtype}, compile {'on' if a.compile else 'off'} (both), "
+        + (f"steps {a.skip + 1}..{a.steps - 1} timed" if a.skip else "every step timed")
+    )
     print(f"{'':10s} {'tokens/s':>10s} {'peak RSS MB':>12s} {'final loss':>11s}")
     for n in names:
         r = best[n]
@@ -178,7 +251,7 @@ def main() -> None:
     if a.device == "cuda":
         import torch
 
-        from cptlaws.model import flops_per_token, llama_config
+        from cptlaws.train.model import flops_per_token, llama_config
 
         name = torch.cuda.get_device_name()
         peak = next((v for k, v in PEAK_BF16.items() if k in name), None)

@@ -27,6 +27,7 @@ PARTITION = os.environ.get("CPTLAWS_SLURM_PARTITION", "debug")
 ACCOUNT = os.environ.get("CPTLAWS_SLURM_ACCOUNT", "research")
 SLURM_CLIENTS = ("sbatch", "sinfo", "squeue", "scancel", "sacct", "scontrol", "sacctmgr", "sshare", "srun", "salloc")
 
+
 # Only a non-root or non-Debian machine may skip; anything else that stops the cluster is a failure.
 def cluster_unsupported_reason() -> str | None:
     if platform.system() != "Linux" or not Path("/etc/debian_version").exists() or shutil.which("apt-get") is None:
@@ -96,13 +97,17 @@ def make_profile(dst: Path, status_command: str = "sacct", **top_level) -> Path:
         {"slurm_partition": f"'{PARTITION}'", "slurm_account": f"'{ACCOUNT}'", "mem_mb": 500, "runtime": 15}
     )
     # the node has 2 CPUs: one CPU per GPU job so GPU and CPU jobs can run side by side
-    prof.setdefault("set-resources", {}).setdefault("train", {}).update({"cpus_per_gpu": 1, "mem_mb": 1500, "runtime": 15})
+    prof.setdefault("set-resources", {}).setdefault("train", {}).update(
+        {"cpus_per_gpu": 1, "mem_mb": 1500, "runtime": 15}
+    )
     dst.mkdir(parents=True, exist_ok=True)
     (dst / "config.yaml").write_text(yaml.safe_dump(prof, sort_keys=False))
     return dst
 
 
-def run_snakemake(args: list[str], cwd: Path, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+def run_snakemake(
+    args: list[str], cwd: Path, env: dict | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess:
     full_env = dict(os.environ)
     full_env.update(env or {})
     try:
@@ -112,7 +117,9 @@ def run_snakemake(args: list[str], cwd: Path, env: dict | None = None, timeout: 
     except subprocess.TimeoutExpired as exc:
         out = (exc.stdout or b"").decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
         err = (exc.stderr or b"").decode() if isinstance(exc.stderr, bytes) else (exc.stderr or "")
-        pytest.fail(f"snakemake {' '.join(args)} did not finish within {timeout} s (hang?)\n{out[-3000:]}\n{err[-3000:]}")
+        pytest.fail(
+            f"snakemake {' '.join(args)} did not finish within {timeout} s (hang?)\n{out[-3000:]}\n{err[-3000:]}"
+        )
 
 
 def run_uuid(log: str) -> str:

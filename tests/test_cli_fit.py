@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from cptlaws.cli import main
-from cptlaws.curves import Curve
+from cptlaws.fitting.curves import Curve
 from cptlaws.laws import get_law
 from cptlaws.schedules import lr_array
 
@@ -34,7 +34,9 @@ def inputs(tmp_path):
     curves = tmp_path / "curves.csv"
     pd.DataFrame(rows, columns=["run", "step", "loss"]).to_csv(curves, index=False)
     sched = tmp_path / "schedules.yaml"
-    sched.write_text(yaml.safe_dump({"defaults": {"steps": 4000}, "runs": {k: {"schedule": v} for k, v in SCHED.items()}}))
+    sched.write_text(
+        yaml.safe_dump({"defaults": {"steps": 4000}, "runs": {k: {"schedule": v} for k, v in SCHED.items()}})
+    )
     new = tmp_path / "new.yaml"
     new.write_text(yaml.safe_dump({"runs": {"long": {"schedule": SCHED["wsd"], "steps": 8000}}}))
     return curves, sched, new
@@ -43,8 +45,28 @@ def inputs(tmp_path):
 def test_fit_then_predict_round_trip(tmp_path, inputs, capsys):
     curves, sched, new = inputs
     out, preds = tmp_path / "fit.json", tmp_path / "preds.parquet"
-    rc = main(["fit", str(curves), "--schedules", str(sched), "--law", "lra", "--fit-runs", "cos,const",
-               "--predict-runs", "wsd", "--starts", "100", "--bootstrap", "4", "--out", str(out), "--predictions", str(preds)])
+    rc = main(
+        [
+            "fit",
+            str(curves),
+            "--schedules",
+            str(sched),
+            "--law",
+            "lra",
+            "--fit-runs",
+            "cos,const",
+            "--predict-runs",
+            "wsd",
+            "--starts",
+            "100",
+            "--bootstrap",
+            "4",
+            "--out",
+            str(out),
+            "--predictions",
+            str(preds),
+        ]
+    )
     assert rc == 0
     fit = json.loads(out.read_text())
     assert fit["law"] == "lra" and fit["fit_runs"] == ["const", "cos"] and fit["lam"] == 0.999
@@ -57,13 +79,18 @@ def test_fit_then_predict_round_trip(tmp_path, inputs, capsys):
 
     # the saved fit predicts a new, longer schedule; at shared steps it matches the fit's own predictions
     p_out = tmp_path / "new.csv"
-    assert main(["predict", str(out), "--schedules", str(new), "--steps", "1000,4000,6000,8000", "--out", str(p_out)]) == 0
+    assert (
+        main(["predict", str(out), "--schedules", str(new), "--steps", "1000,4000,6000,8000", "--out", str(p_out)]) == 0
+    )
     new_df = pd.read_csv(p_out)
     assert list(new_df["step"]) == [1000, 4000, 6000, 8000]
     assert np.all(new_df["pred_lo"] <= new_df["pred_hi"])
     assert np.all(np.diff(new_df["pred"]) < 0)  # annealing to the end keeps lowering the loss
     same = tmp_path / "same.parquet"
-    assert main(["predict", str(out), "--schedules", str(sched), "--runs", "wsd", "--steps", "2000", "--out", str(same)]) == 0
+    assert (
+        main(["predict", str(out), "--schedules", str(sched), "--runs", "wsd", "--steps", "2000", "--out", str(same)])
+        == 0
+    )
     ref = df[(df.run_id == "wsd") & (df.step == 2000)]["pred"].item()
     assert pd.read_parquet(same)["pred"].item() == pytest.approx(ref, rel=1e-12)
 
@@ -71,21 +98,77 @@ def test_fit_then_predict_round_trip(tmp_path, inputs, capsys):
 def test_lambda_fit_and_law_options(tmp_path, inputs):
     curves, sched, _ = inputs
     out = tmp_path / "fit.json"
-    assert main(["fit", str(curves), "--schedules", str(sched), "--law", "mpl", "--law-option", "block=4",
-                 "--predict-runs", "wsd", "--starts", "50", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                str(curves),
+                "--schedules",
+                str(sched),
+                "--law",
+                "mpl",
+                "--law-option",
+                "block=4",
+                "--predict-runs",
+                "wsd",
+                "--starts",
+                "50",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     fit = json.loads(out.read_text())
     assert fit["law_options"] == {"block": 4} and fit["fit_runs"] == ["const", "cos"]
-    assert main(["fit", str(curves), "--schedules", str(sched), "--law", "lra", "--lam", "fit", "--starts", "50",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                str(curves),
+                "--schedules",
+                str(sched),
+                "--law",
+                "lra",
+                "--lam",
+                "fit",
+                "--starts",
+                "50",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert 0.99 <= json.loads(out.read_text())["lam"] <= 0.9997
 
 
 def test_cli_errors_are_one_line(tmp_path, inputs, capsys):
     curves, sched, _ = inputs
     out = str(tmp_path / "f.json")
-    assert main(["fit", str(curves), "--schedules", str(sched), "--law", "lra", "--fit-runs", "cos", "--predict-runs", "cos", "--out", out]) == 2
+    assert (
+        main(
+            [
+                "fit",
+                str(curves),
+                "--schedules",
+                str(sched),
+                "--law",
+                "lra",
+                "--fit-runs",
+                "cos",
+                "--predict-runs",
+                "cos",
+                "--out",
+                out,
+            ]
+        )
+        == 2
+    )
     assert "in both --fit-runs and --predict-runs" in capsys.readouterr().err
-    assert main(["fit", str(curves), "--schedules", str(sched), "--law", "lra", "--fit-runs", "nope", "--out", out]) == 2
+    assert (
+        main(["fit", str(curves), "--schedules", str(sched), "--law", "lra", "--fit-runs", "nope", "--out", out]) == 2
+    )
     assert "run(s) ['nope'] not found" in capsys.readouterr().err
     bad = tmp_path / "bad.csv"
     bad.write_text("run,step\na,1\n")
@@ -101,8 +184,22 @@ def test_input_mistakes_are_named_and_leave_no_output(tmp_path, inputs, capsys):
     curves, sched, _ = inputs
     out = tmp_path / "fit.json"
     # a predictions file with an unknown suffix is refused before anything is written
-    rc = main(["fit", str(curves), "--schedules", str(sched), "--law", "lra", "--starts", "20", "--out", str(out),
-               "--predictions", str(tmp_path / "p.txt")])
+    rc = main(
+        [
+            "fit",
+            str(curves),
+            "--schedules",
+            str(sched),
+            "--law",
+            "lra",
+            "--starts",
+            "20",
+            "--out",
+            str(out),
+            "--predictions",
+            str(tmp_path / "p.txt"),
+        ]
+    )
     assert rc == 2 and not out.exists() and "--predictions" in capsys.readouterr().err
     # a fractional step is a malformed row, not a truncated step
     df = pd.read_csv(curves)
@@ -117,11 +214,43 @@ def test_input_mistakes_are_named_and_leave_no_output(tmp_path, inputs, capsys):
     extra = pd.concat([df, df[df["run"] == "cos"].assign(run="stray")])
     extra_path = tmp_path / "extra.csv"
     extra.to_csv(extra_path, index=False)
-    assert main(["fit", str(extra_path), "--schedules", str(sched), "--law", "lra", "--fit-runs", "cos,const",
-                 "--starts", "20", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                str(extra_path),
+                "--schedules",
+                str(sched),
+                "--law",
+                "lra",
+                "--fit-runs",
+                "cos,const",
+                "--starts",
+                "20",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     # the CPT law on runs without a transfer step (e.g. from a dense LR table) is refused, not fitted as PT
-    assert main(["fit", str(curves), "--schedules", str(sched), "--law", "cpt", "--starts", "20",
-                 "--out", str(tmp_path / "cpt.json")]) == 2
+    assert (
+        main(
+            [
+                "fit",
+                str(curves),
+                "--schedules",
+                str(sched),
+                "--law",
+                "cpt",
+                "--starts",
+                "20",
+                "--out",
+                str(tmp_path / "cpt.json"),
+            ]
+        )
+        == 2
+    )
     assert "no CPT run" in capsys.readouterr().err and not (tmp_path / "cpt.json").exists()
 
 
@@ -129,16 +258,45 @@ def test_recommended_lra2_invocation_round_trips(tmp_path, inputs):
     # the README's recommended schedule law, exactly as documented, through fit -> JSON -> predict
     curves, sched, _ = inputs
     out, preds = tmp_path / "fit.json", tmp_path / "preds.parquet"
-    assert main(["fit", str(curves), "--schedules", str(sched), "--law", "lra2", "--warmup", "real",
-                 "--law-option", "warmup_rise=true", "--law-option", "s1_power=fit", "--fit-runs", "cos,const",
-                 "--predict-runs", "wsd", "--starts", "100", "--out", str(out), "--predictions", str(preds)]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                str(curves),
+                "--schedules",
+                str(sched),
+                "--law",
+                "lra2",
+                "--warmup",
+                "real",
+                "--law-option",
+                "warmup_rise=true",
+                "--law-option",
+                "s1_power=fit",
+                "--fit-runs",
+                "cos,const",
+                "--predict-runs",
+                "wsd",
+                "--starts",
+                "100",
+                "--out",
+                str(out),
+                "--predictions",
+                str(preds),
+            ]
+        )
+        == 0
+    )
     fit = json.loads(out.read_text())
     assert fit["law_options"]["warmup_rise"] is True and fit["law_options"]["s1_power"] == "fit"
     assert 0.05 <= fit["params"]["q"] <= 3.0
     # the data follow Eq. 1 with the warm-up counted at peak, which this law does not assume: measured 0.0044
     assert fit["heldout"]["mean"]["mae"] < 0.006
     same = tmp_path / "same.parquet"
-    assert main(["predict", str(out), "--schedules", str(sched), "--runs", "wsd", "--steps", "2000", "--out", str(same)]) == 0
+    assert (
+        main(["predict", str(out), "--schedules", str(sched), "--runs", "wsd", "--steps", "2000", "--out", str(same)])
+        == 0
+    )
     df = pd.read_parquet(preds)
     ref = df[(df.run_id == "wsd") & (df.step == 2000)]["pred"].item()
     assert pd.read_parquet(same)["pred"].item() == pytest.approx(ref, rel=1e-12)

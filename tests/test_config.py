@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cptlaws.config import ConfigError, canonical_number, cpt_run_id, load_study
+from cptlaws.errors import ConfigError
+from cptlaws.study.config import canonical_number, cpt_run_id, load_study
 
 REPO = Path(__file__).resolve().parents[1]
 STUDY_FILES = sorted((REPO / "config").glob("*.yaml")) + sorted((REPO / "config" / "studies").glob("*.yaml"))
@@ -22,14 +23,26 @@ def base() -> dict:
             "steps": 100,
             "schedules": {
                 "const": {"kind": "constant", "peak_lr": 2.0e-3, "warmup_steps": 10},
-                "wsd": {"kind": "wsd", "peak_lr": 2.0e-3, "warmup_steps": 10, "final_lr": 2.0e-4, "decay_fraction": 0.2},
+                "wsd": {
+                    "kind": "wsd",
+                    "peak_lr": 2.0e-3,
+                    "warmup_steps": 10,
+                    "final_lr": 2.0e-4,
+                    "decay_fraction": 0.2,
+                },
             },
         },
         "cpt": {
             "steps": 50,
             "schedules": {"cos": {"kind": "cosine", "peak_lr": 1.0e-3, "warmup_steps": 5, "final_lr": 1.0e-4}},
             "grids": [
-                {"domain": ["code", "legal"], "ratio": [0.5, 1.0], "cpt_schedule": ["cos"], "pt_schedule": ["const"], "transfer_step": [50]},
+                {
+                    "domain": ["code", "legal"],
+                    "ratio": [0.5, 1.0],
+                    "cpt_schedule": ["cos"],
+                    "pt_schedule": ["const"],
+                    "transfer_step": [50],
+                },
             ],
         },
         "checks": [
@@ -59,7 +72,9 @@ def test_defaults_filled_and_runs_expanded():
 
 def test_loss_potential_of_a_wsd_branch_in_the_decay():
     cfg = base()
-    cfg["cpt"]["grids"] = [{"domain": ["code"], "ratio": [1.0], "cpt_schedule": ["cos"], "pt_schedule": ["wsd"], "transfer_step": [100]}]
+    cfg["cpt"]["grids"] = [
+        {"domain": ["code"], "ratio": [1.0], "cpt_schedule": ["cos"], "pt_schedule": ["wsd"], "transfer_step": [100]}
+    ]
     row = next(iter(r["row"] for r in load_study(cfg).runs.values() if r["row"]["phase"] == "cpt"))
     assert row["loss_potential"] == pytest.approx(0.1)  # annealed to final_lr = peak / 10
 
@@ -67,10 +82,23 @@ def test_loss_potential_of_a_wsd_branch_in_the_decay():
 def test_union_of_grids_merges_overlap_and_cpt_peak_lr_override():
     cfg = base()
     cfg["cpt"]["grids"].append(
-        {"domain": ["code"], "ratio": [1.0], "cpt_schedule": ["cos"], "pt_schedule": ["const"], "transfer_step": [50, 80]}
+        {
+            "domain": ["code"],
+            "ratio": [1.0],
+            "cpt_schedule": ["cos"],
+            "pt_schedule": ["const"],
+            "transfer_step": [50, 80],
+        }
     )
     cfg["cpt"]["grids"].append(
-        {"domain": ["code"], "ratio": [1.0], "cpt_schedule": ["cos"], "pt_schedule": ["const"], "transfer_step": [50], "cpt_peak_lr": [5.0e-4]}
+        {
+            "domain": ["code"],
+            "ratio": [1.0],
+            "cpt_schedule": ["cos"],
+            "pt_schedule": ["const"],
+            "transfer_step": [50],
+            "cpt_peak_lr": [5.0e-4],
+        }
     )
     s = load_study(cfg)
     assert len(s.cpt_runs) == 4 + 1 + 1  # the (code, 1.0, T50) run is shared by the first two grids
@@ -128,15 +156,35 @@ WRONG = [
     ("1e-5 read as a string", "cpt/schedules/cos/peak_lr", "1e-5", ["cpt.schedules.cos.peak_lr", "YAML 1.1"]),
     ("ratio above 1", "cpt/grids/0/ratio", [0.5, 1.5], ["cpt.grids[0].ratio[1]", "maximum"]),
     ("unknown schedule kind", "pt/schedules/const/kind", "triangle", ["pt.schedules.const.kind", "triangle"]),
-    ("transfer step beyond the PT run", "cpt/grids/0/transfer_step", [50, 150], ["cpt.grids[0].transfer_step[1]", "beyond the PT run"]),
+    (
+        "transfer step beyond the PT run",
+        "cpt/grids/0/transfer_step",
+        [50, 150],
+        ["cpt.grids[0].transfer_step[1]", "beyond the PT run"],
+    ),
     ("missing corpus", "cpt/grids/0/domain", ["code", "math"], ["cpt.grids[0].domain[1]", "'math'"]),
     ("negative LR", "pt/schedules/wsd/final_lr", -1.0e-4, ["pt.schedules.wsd.final_lr", "minimum"]),
-    ("zero peak LR", "cpt/schedules/cos/peak_lr", 0.0, ["'cpt.schedules.cos.peak_lr'", "less than or equal to the minimum"]),
+    (
+        "zero peak LR",
+        "cpt/schedules/cos/peak_lr",
+        0.0,
+        ["'cpt.schedules.cos.peak_lr'", "less than or equal to the minimum"],
+    ),
     ("empty grid list", "cpt/grids", [], ["'cpt.grids'", "non-empty"]),
     ("empty grid axis", "cpt/grids/0/ratio", [], ["cpt.grids[0].ratio", "non-empty"]),
     ("duplicate run", "cpt/grids/0/ratio", [0.5, 0.50], ["cpt.grids[0].ratio[1]", "duplicate"]),
-    ("unknown CPT schedule name", "cpt/grids/0/cpt_schedule", ["cosine"], ["cpt.grids[0].cpt_schedule[0]", "unknown CPT schedule"]),
-    ("unknown PT schedule name", "cpt/grids/0/pt_schedule", ["linear"], ["cpt.grids[0].pt_schedule[0]", "unknown PT schedule"]),
+    (
+        "unknown CPT schedule name",
+        "cpt/grids/0/cpt_schedule",
+        ["cosine"],
+        ["cpt.grids[0].cpt_schedule[0]", "unknown CPT schedule"],
+    ),
+    (
+        "unknown PT schedule name",
+        "cpt/grids/0/pt_schedule",
+        ["linear"],
+        ["cpt.grids[0].pt_schedule[0]", "unknown PT schedule"],
+    ),
     ("unknown model", "cpt/grids/0/model", ["huge"], ["cpt.grids[0].model[0]", "unknown model"]),
     ("missing required section", "pt", _DELETE, ["'pt'", "missing (required)"]),
     ("general corpus not defined", "general", "web", ["'general'", "'web'"]),
@@ -146,8 +194,18 @@ WRONG = [
     ("check without threshold", "checks/0/threshold", _DELETE, ["'checks[0].threshold'", "missing"]),
     ("time check without fraction", "checks/0/fraction", _DELETE, ["checks[0].fraction", "required"]),
     ("bad check metric", "checks/0/metric", "accuracy", ["checks[0].metric", "accuracy"]),
-    ("check filter on a value not in the grid", "checks/0", {"name": "x", "kind": "runs", "fit": {"ratio": [0.5]}, "predict": {"ratio": [0.25]}, "threshold": 0.1}, ["checks[0].predict.ratio[0]", "no CPT run"]),
-    ("check predicting its own fit runs", "checks/0", {"name": "x", "kind": "runs", "fit": {"ratio": [0.5, 1.0]}, "predict": {"ratio": [1.0]}, "threshold": 0.1}, ["checks[0].predict", "also in 'fit'"]),
+    (
+        "check filter on a value not in the grid",
+        "checks/0",
+        {"name": "x", "kind": "runs", "fit": {"ratio": [0.5]}, "predict": {"ratio": [0.25]}, "threshold": 0.1},
+        ["checks[0].predict.ratio[0]", "no CPT run"],
+    ),
+    (
+        "check predicting its own fit runs",
+        "checks/0",
+        {"name": "x", "kind": "runs", "fit": {"ratio": [0.5, 1.0]}, "predict": {"ratio": [1.0]}, "threshold": 0.1},
+        ["checks[0].predict", "also in 'fit'"],
+    ),
     ("check with an unknown law", "checks/0/law", "magic", ["checks[0].law", "magic"]),
     ("ratio given as text", "cpt/grids/0/ratio", ["0.5"], ["cpt.grids[0].ratio[0]", "number"]),
 ]

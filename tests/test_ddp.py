@@ -10,11 +10,10 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from test_train import VOCAB, markov_rows, pt_cfg
 
-from cptlaws import data as D
+from cptlaws.data import rows as D
 from cptlaws.train import train
-
-from test_train import SEQ, VOCAB, markov_rows, pt_cfg
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +25,9 @@ def tok(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("micro,compiled", [(0, False), (2, False), (2, True)],
-                         ids=["whole", "micro2", "micro2-compiled"])
+@pytest.mark.parametrize(
+    "micro,compiled", [(0, False), (2, False), (2, True)], ids=["whole", "micro2", "micro2-compiled"]
+)
 def test_ddp_two_gloo_processes_match_single_process(tok, tmp_path, micro, compiled):
     # micro2: each process accumulates 2 micro-batches of 2 rows and all-reduces once, at the last;
     # compiled: torch.compile of the loss around the DDP module (no_sync included) in both runs
@@ -36,12 +36,32 @@ def test_ddp_two_gloo_processes_match_single_process(tok, tmp_path, micro, compi
     train(pt_cfg(tok, single, **kw, runtime={"threads": 1, "progress": False, "compile": compiled}))
     ddp = tmp_path / "ddp"
     cfg_path = tmp_path / "ddp.json"
-    cfg_path.write_text(json.dumps(pt_cfg(tok, ddp, run_id="pt", **kw,
-                                          runtime={"threads": 1, "progress": False, "micro_batch": micro,
-                                                   "compile": compiled})))
+    cfg_path.write_text(
+        json.dumps(
+            pt_cfg(
+                tok,
+                ddp,
+                run_id="pt",
+                **kw,
+                runtime={"threads": 1, "progress": False, "micro_batch": micro, "compile": compiled},
+            )
+        )
+    )
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc_per_node", "2",
-           "-m", "cptlaws.cli", "train", str(cfg_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nnodes",
+        "1",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "cptlaws.cli",
+        "train",
+        str(cfg_path),
+    ]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     meta = json.loads((ddp / "meta.json").read_text())
@@ -68,8 +88,21 @@ def test_ddp_sigterm_checkpoints_one_agreed_step_and_resumes(tok, tmp_path):
     path = tmp_path / "ddp.json"
     path.write_text(json.dumps(cfg))
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc_per_node", "2",
-           "-m", "cptlaws.cli", "train", str(path), "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nnodes",
+        "1",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "cptlaws.cli",
+        "train",
+        str(path),
+        "--no-progress",
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 300
     while not (out / "ckpt" / "step_100").is_dir():
@@ -80,7 +113,13 @@ def test_ddp_sigterm_checkpoints_one_agreed_step_and_resumes(tok, tmp_path):
     assert proc.returncode != 0, log[-3000:]
     meta = json.loads((out / "meta.json").read_text()) if (out / "meta.json").exists() else {}
     ck = sorted(int(p.name[5:]) for p in (out / "ckpt").glob("step_*"))
-    assert "interrupted" in log and "SIGTERM" in log, (proc.returncode, meta.get("status"), meta.get("interrupted_at_step"), ck, log[-3000:])
+    assert "interrupted" in log and "SIGTERM" in log, (
+        proc.returncode,
+        meta.get("status"),
+        meta.get("interrupted_at_step"),
+        ck,
+        log[-3000:],
+    )
     stop = meta["interrupted_at_step"]
     steps = sorted(int(p.name[5:]) for p in (out / "ckpt").glob("step_*"))
     assert 100 <= stop < 1500 and steps[-1] == stop  # 100 itself when the signal lands during its save, (stop, steps)

@@ -7,10 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cptlaws.curves import Curve, CurveError, curves_from_tables, load_curves
-from cptlaws.fit import FitError, FitResult, fit_law
+from cptlaws.errors import FitError, InputError
+from cptlaws.fitting import FitResult, fit_law
+from cptlaws.fitting.curves import Curve, curves_from_tables, load_curves
+from cptlaws.fitting.metrics import evaluate, metrics
 from cptlaws.laws import get_law
-from cptlaws.metrics import evaluate, metrics
 from cptlaws.schedules import lr_array, phase_lrs
 
 PEAK = 3e-4
@@ -23,8 +24,11 @@ def lra_curves(sigma=0.001, seed=0, every=100, steps=3000):
     rng = np.random.default_rng(seed)
     law = get_law("lra")
     out = []
-    for name, spec in (("cos", COS), ("const", CONST), ("wsd", {"kind": "wsd", "peak_lr": PEAK, "warmup_steps": 100,
-                                                              "final_lr": 3e-5, "decay_fraction": 0.3})):
+    for name, spec in (
+        ("cos", COS),
+        ("const", CONST),
+        ("wsd", {"kind": "wsd", "peak_lr": PEAK, "warmup_steps": 100, "final_lr": 3e-5, "decay_fraction": 0.3}),
+    ):
         lrs = lr_array(spec, steps)
         st = np.arange(0, steps + 1, every)
         c = Curve(name, lrs, st, np.ones(st.size), warmup_steps=100)
@@ -68,7 +72,7 @@ def test_nan_data_rejected():
     c = lra_curves()[0]
     bad = c.loss.copy()
     bad[5] = np.nan
-    with pytest.raises(CurveError, match="run 'cos'.*loss must be finite"):
+    with pytest.raises(InputError, match="run 'cos'.*loss must be finite"):
         Curve("cos", c.lrs, c.steps, bad)
     c.loss[5] = np.inf  # bypassing the dataclass checks is still caught by the fitter
     with pytest.raises(FitError, match="run 'cos'.*NaN/inf"):
@@ -91,7 +95,7 @@ def test_bootstrap_intervals_bands_and_json_roundtrip(tmp_path):
     curves = lra_curves()
     res = fit_law("lra", curves, bootstrap=8, n_starts=100)
     assert len(res.bootstrap_params) == 8
-    for k, (lo, hi) in res.intervals.items():
+    for lo, hi in res.intervals.values():
         assert lo <= hi
     df = res.predict(curves, band=True)
     assert list(df.columns) == ["run_id", "step", "split", "loss", "pred", "pred_lo", "pred_hi"]
@@ -154,17 +158,30 @@ def test_load_curves_from_schedules_yaml(tmp_path):
     by = {c.run_id: c for c in cs}
     assert by["a"].lrs.size == 1000 and by["a"].transfer is None and by["a"].warmup_steps == 100
     assert by["b"].lrs.size == 1500 and by["b"].transfer == 500 and by["b"].ratio == 0.5
-    np.testing.assert_array_equal(by["b"].lrs, phase_lrs({"kind": "constant", "peak_lr": 3e-4, "warmup_steps": 100}, 2000, 500,
-                                                         {"kind": "cosine", "peak_lr": 2e-4, "warmup_steps": 50,
-                                                          "warmup_init": "pt_end", "final_lr": 2e-5}, 1000))
+    np.testing.assert_array_equal(
+        by["b"].lrs,
+        phase_lrs(
+            {"kind": "constant", "peak_lr": 3e-4, "warmup_steps": 100},
+            2000,
+            500,
+            {"kind": "cosine", "peak_lr": 2e-4, "warmup_steps": 50, "warmup_init": "pt_end", "final_lr": 2e-5},
+            1000,
+        ),
+    )
 
 
 def test_load_curves_dense_lr_table_and_split(tmp_path):
     lrs = lr_array(COS, 300)
     lr_p = tmp_path / "lrs.parquet"
     pd.DataFrame({"run_id": "a", "step": np.arange(1, 301), "lr": lrs}).to_parquet(lr_p)
-    cur = pd.DataFrame({"run_id": ["a"] * 4, "step": [100, 200, 100, 200], "split": ["general", "general", "code", "code"],
-                        "loss": [3.0, 2.9, 4.0, 3.8]})
+    cur = pd.DataFrame(
+        {
+            "run_id": ["a"] * 4,
+            "step": [100, 200, 100, 200],
+            "split": ["general", "general", "code", "code"],
+            "loss": [3.0, 2.9, 4.0, 3.8],
+        }
+    )
     cp = tmp_path / "c.parquet"
     cur.to_parquet(cp)
     cs = load_curves(cp, lr_path=lr_p)
@@ -174,38 +191,57 @@ def test_load_curves_dense_lr_table_and_split(tmp_path):
     assert g.warmup_steps == 100  # inferred from the LR rise
 
 
-@pytest.mark.parametrize("rows, yaml_text, match", [
-    ([("a", 100, 4.0), ("a", 50, 3.9)], SCHED, r"curves.csv: run 'a' row 2: steps not strictly increasing"),
-    ([("a", 100, 4.0), ("a", 200, -3.9)], SCHED, r"curves.csv: row 2 \(run 'a', step 200\): loss must be finite and > 0"),
-    ([("a", 100, 4.0), ("zz", 200, 3.9)], SCHED, r"curves.csv: row 2: run 'zz' has no schedule"),
-    ([("a", 100, 4.0), ("a", 1200, 3.9)], SCHED, r"curves.csv: run 'a' row 2: eval step 1200 is beyond the LR history \(1000"),
-    ([("a", 100, 4.0)], "runs:\n  a: {schedule: {kind: cosine, peak_lr: 3.0e-4, final_lr: 3.0e-5}, steps: 50, colour: 2}\n", r"run 'a': unknown key 'colour'"),
-    ([("a", 100, 4.0)], "runs:\n  a: {schedule: {kind: cosine, peak_lr: 3.0e-4, final_lr: 4.0e-4}, steps: 500}\n", r"run 'a': schedule: field 'final_lr'"),
-    ([("a", 100, 4.0)], "runs: [1, 2\n", r"invalid YAML"),
-])
+@pytest.mark.parametrize(
+    "rows, yaml_text, match",
+    [
+        ([("a", 100, 4.0), ("a", 50, 3.9)], SCHED, r"curves.csv: run 'a' row 2: steps not strictly increasing"),
+        (
+            [("a", 100, 4.0), ("a", 200, -3.9)],
+            SCHED,
+            r"curves.csv: row 2 \(run 'a', step 200\): loss must be finite and > 0",
+        ),
+        ([("a", 100, 4.0), ("zz", 200, 3.9)], SCHED, r"curves.csv: row 2: run 'zz' has no schedule"),
+        (
+            [("a", 100, 4.0), ("a", 1200, 3.9)],
+            SCHED,
+            r"curves.csv: run 'a' row 2: eval step 1200 is beyond the LR history \(1000",
+        ),
+        (
+            [("a", 100, 4.0)],
+            "runs:\n  a: {schedule: {kind: cosine, peak_lr: 3.0e-4, final_lr: 3.0e-5}, steps: 50, colour: 2}\n",
+            r"run 'a': unknown key 'colour'",
+        ),
+        (
+            [("a", 100, 4.0)],
+            "runs:\n  a: {schedule: {kind: cosine, peak_lr: 3.0e-4, final_lr: 4.0e-4}, steps: 500}\n",
+            r"run 'a': schedule: field 'final_lr'",
+        ),
+        ([("a", 100, 4.0)], "runs: [1, 2\n", r"invalid YAML"),
+    ],
+)
 def test_malformed_inputs_name_file_run_row(tmp_path, rows, yaml_text, match):
     p = write_curves(tmp_path, rows)
-    with pytest.raises(CurveError, match=match):
+    with pytest.raises(InputError, match=match):
         load_curves(p, schedules_yaml=write_yaml(tmp_path, yaml_text))
 
 
 def test_missing_columns_and_formats(tmp_path):
     p = tmp_path / "c.csv"
     pd.DataFrame({"run": ["a"], "step": [1]}).to_csv(p, index=False)
-    with pytest.raises(CurveError, match=r"c.csv: missing column\(s\) \['loss'\]"):
+    with pytest.raises(InputError, match=r"c.csv: missing column\(s\) \['loss'\]"):
         load_curves(p, schedules_yaml=write_yaml(tmp_path, SCHED))
     q = tmp_path / "c.json"
     q.write_text("{}")
-    with pytest.raises(CurveError, match="unknown table format"):
+    with pytest.raises(InputError, match="unknown table format"):
         load_curves(q, schedules_yaml=write_yaml(tmp_path, SCHED))
     with pytest.raises(FileNotFoundError, match="nope.csv"):
         load_curves(tmp_path / "nope.csv", schedules_yaml=write_yaml(tmp_path, SCHED))
     ok = write_curves(tmp_path, [("a", 100, 4.0)])
-    with pytest.raises(CurveError, match="no LR source"):
+    with pytest.raises(InputError, match="no LR source"):
         load_curves(ok)
     gap = tmp_path / "lr.csv"
     pd.DataFrame({"run": "a", "step": [1, 2, 4], "lr": [1e-4] * 3}).to_csv(gap, index=False)
-    with pytest.raises(CurveError, match=r"lr.csv: run 'a'.*row 3: step 4.0, expected 3"):
+    with pytest.raises(InputError, match=r"lr.csv: run 'a'.*row 3: step 4.0, expected 3"):
         load_curves(ok, lr_path=gap)
 
 
@@ -214,19 +250,38 @@ def test_curves_from_workflow_tables():
     cpt = {"kind": "cosine", "peak_lr": 2e-4, "warmup_steps": 5, "warmup_init": "pt_end", "final_lr": 2e-5}
     pt_l = lr_array(pt, 200)
     cpt_l = phase_lrs(pt, 200, 100, cpt, 50)
-    runs = pd.DataFrame({"run_id": ["pt", "cpt"], "phase": ["pt", "cpt"], "parent": ["", "pt"], "ratio": [0.0, 0.25],
-                         "transfer_step": [0, 100], "n_nonembed": [2e6, 2e6],
-                         "schedule_json": [json.dumps(pt), json.dumps(pt)]})
+    runs = pd.DataFrame(
+        {
+            "run_id": ["pt", "cpt"],
+            "phase": ["pt", "cpt"],
+            "parent": ["", "pt"],
+            "ratio": [0.0, 0.25],
+            "transfer_step": [0, 100],
+            "n_nonembed": [2e6, 2e6],
+            "schedule_json": [json.dumps(pt), json.dumps(pt)],
+        }
+    )
     # the CPT run's LR table holds only its own phase: the parent's first 100 steps are prepended
-    lrs = pd.concat([pd.DataFrame({"run_id": "pt", "step": np.arange(1, 201), "lr": pt_l}),
-                     pd.DataFrame({"run_id": "cpt", "step": np.arange(101, 151), "lr": cpt_l[100:]})])
-    curves = pd.DataFrame({"run_id": ["pt", "pt", "cpt", "cpt", "cpt"], "phase": ["pt", "pt", "cpt", "cpt", "cpt"],
-                           "step": [0, 100, 100, 120, 150], "split": ["general"] * 5, "loss": [6.0, 4.0, 4.0, 4.1, 3.9]})
+    lrs = pd.concat(
+        [
+            pd.DataFrame({"run_id": "pt", "step": np.arange(1, 201), "lr": pt_l}),
+            pd.DataFrame({"run_id": "cpt", "step": np.arange(101, 151), "lr": cpt_l[100:]}),
+        ]
+    )
+    curves = pd.DataFrame(
+        {
+            "run_id": ["pt", "pt", "cpt", "cpt", "cpt"],
+            "phase": ["pt", "pt", "cpt", "cpt", "cpt"],
+            "step": [0, 100, 100, 120, 150],
+            "split": ["general"] * 5,
+            "loss": [6.0, 4.0, 4.0, 4.1, 3.9],
+        }
+    )
     cs = {c.run_id: c for c in curves_from_tables(curves, lrs, runs, "general")}
     np.testing.assert_array_equal(cs["cpt"].lrs, cpt_l)
     assert cs["cpt"].transfer == 100 and cs["cpt"].ratio == 0.25 and cs["cpt"].n_params == 2.0
     assert cs["pt"].transfer is None and cs["pt"].warmup_steps == 10
-    with pytest.raises(CurveError, match="no rows with split 'code'"):
+    with pytest.raises(InputError, match="no rows with split 'code'"):
         curves_from_tables(curves, lrs, runs, "code")
-    with pytest.raises(CurveError, match="lrs.parquet: run 'pt' has no LR history"):
+    with pytest.raises(InputError, match="lrs.parquet: run 'pt' has no LR history"):
         curves_from_tables(curves, lrs[lrs.run_id == "cpt"], runs, "general")

@@ -7,10 +7,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from cptlaws.curves import Curve
-from cptlaws.fit import fit_law
+from cptlaws.fitting import fit_law
+from cptlaws.fitting.curves import Curve
+from cptlaws.fitting.metrics import metrics
 from cptlaws.laws import LAWS, get_law
-from cptlaws.metrics import metrics
 from cptlaws.schedules import lr_array, phase_lrs
 
 PEAK = 2e-4
@@ -20,7 +20,14 @@ DOMAIN = {"L0": 3.024, "A": 0.412, "alpha": 0.677, "C1": 0.278, "C2": 0.324, "B"
 PT_WSD = {"kind": "wsd", "peak_lr": PEAK, "warmup_steps": 500, "final_lr": 2e-5, "decay_fraction": 0.2}
 PT_COS = {"kind": "cosine", "peak_lr": PEAK, "warmup_steps": 500, "final_lr": 2e-5}
 CPT_COS = {"kind": "cosine", "peak_lr": PEAK, "warmup_steps": 300, "warmup_init": "pt_end", "final_lr": 2e-5}
-CPT_WSD = {"kind": "wsd", "peak_lr": PEAK, "warmup_steps": 300, "warmup_init": 0.0, "final_lr": 2e-5, "decay_fraction": 0.3}
+CPT_WSD = {
+    "kind": "wsd",
+    "peak_lr": PEAK,
+    "warmup_steps": 300,
+    "warmup_init": 0.0,
+    "final_lr": 2e-5,
+    "decay_fraction": 0.3,
+}
 CPT_CONST = {"kind": "constant", "peak_lr": PEAK, "warmup_steps": 300, "warmup_init": "pt_end"}
 
 
@@ -40,7 +47,9 @@ def synth(law, params, curves, sigma, rng, lam=0.999):
 
 
 def pt_run(name, spec, steps=20000, every=250):
-    return Curve(name, lr_array(spec, steps), np.arange(every, steps + 1, every), np.ones(steps // every), warmup_steps=500)
+    return Curve(
+        name, lr_array(spec, steps), np.arange(every, steps + 1, every), np.ones(steps // every), warmup_steps=500
+    )
 
 
 def cpt_run(name, pt_spec, transfer, cpt_spec, cpt_steps=10000, every=250, pt_steps=20000):
@@ -104,8 +113,15 @@ def test_mpl_recovers_its_predictions():
     rng = np.random.default_rng(4)
     law = get_law("mpl")
     true = {"L0": 2.8, "A": 0.55, "alpha": 0.5, "B": 400.0, "C": 2.0, "beta": 0.5, "gamma": 0.6}
-    fit_c = [pt_run("cos", PT_COS, every=400), pt_run("const", {"kind": "constant", "peak_lr": PEAK, "warmup_steps": 500}, every=400),
-             pt_run("step", {"kind": "multistep", "peak_lr": PEAK, "warmup_steps": 500, "stages": [{"start": 10000, "lr": 6e-5}]}, every=400)]
+    fit_c = [
+        pt_run("cos", PT_COS, every=400),
+        pt_run("const", {"kind": "constant", "peak_lr": PEAK, "warmup_steps": 500}, every=400),
+        pt_run(
+            "step",
+            {"kind": "multistep", "peak_lr": PEAK, "warmup_steps": 500, "stages": [{"start": 10000, "lr": 6e-5}]},
+            every=400,
+        ),
+    ]
     held = [pt_run("wsd", PT_WSD, every=400)]
     fit_c, _ = synth(law, true, fit_c, 0.0005, rng)
     held, truth = synth(law, true, held, 0.0, rng)
@@ -117,7 +133,17 @@ def test_mpl_recovers_its_predictions():
 
 
 def test_mpl_blocks_match_exact_sum_and_naive_definition():
-    lrs = lr_array({"kind": "wsd", "peak_lr": 3e-4, "warmup_steps": 50, "final_lr": 3e-5, "decay_start": 300, "decay_shape": "cosine"}, 600)
+    lrs = lr_array(
+        {
+            "kind": "wsd",
+            "peak_lr": 3e-4,
+            "warmup_steps": 50,
+            "final_lr": 3e-5,
+            "decay_start": 300,
+            "decay_shape": "cosine",
+        },
+        600,
+    )
     steps = np.array([100, 301, 350, 450, 599, 600])
     c = Curve("x", lrs, steps, np.ones(steps.size), warmup_steps=50)
     p = {"L0": 2.5, "A": 0.5, "alpha": 0.5, "B": 400.0, "C": 2.0, "beta": 0.5, "gamma": 0.6}
@@ -157,23 +183,26 @@ def _gradcheck(law, p, curves, warmup_as_peak=True):
         assert np.max(np.abs(num - J[:, k])) / scale < 1e-5, (law.name, law.params[k])
 
 
-@pytest.mark.parametrize("name, opts, p", [
-    ("lra", {}, [2.8, 0.5, 0.5, 0.4]),
-    ("lra2", {}, [2.8, 0.5, 0.5, 0.4, 0.01, 0.1, 5e-4, 0.1]),
-    ("lra2", {"s1_scaling": False}, [2.8, 0.5, 0.5, 0.4, 0.01, 0.1, 5e-4]),
-    ("lra2", {"s1_power": "fit", "warmup_rise": True}, [2.8, 0.5, 0.5, 0.4, 0.01, 0.1, 5e-4, 0.1, 0.8]),
-    ("lra2", {"s1_power": "fit", "s1_scaling": False}, [2.8, 0.5, 0.5, 0.4, 0.01, 0.1, 5e-4, 1.2]),
-    ("mpl", {"warmup_ld": True, "warmup_block": 4}, [2.8, 0.5, 0.5, 400.0, 2.0, 0.5, 0.6]),
-    ("cpt", {}, [3.0, 0.5, 0.5, 0.3, 0.3, 0.37, 28.0, 0.19]),
-    ("replay", {"split_role": "general"}, [3.0, 0.5, 0.5, 0.3, 0.3, 0.37, 28.0, 0.19, 0.5, 2.0]),
-    ("replay", {"split_role": "domain"}, [3.0, 0.5, 0.5, 0.3, 0.3, -0.6, 500.0, 0.15, -0.5, 1.5]),
-    ("replay_rpt", {"split_role": "domain"}, [3.0, 0.5, 0.5, 0.3, 0.3, -0.6, 500.0, 0.15, -0.5, 1.5]),
-    ("replay_flex", {"split_role": "domain"}, [3.0, 0.5, 0.5, 0.3, 0.3, -0.6, 500.0, 0.15, -0.5, -4.0]),
-    ("replay_flex", {"split_role": "general"}, [3.0, 0.5, 0.5, 0.3, 0.3, 0.4, 50.0, 0.3, 0.5, 3.0]),
-    ("size", {}, [2.5, 0.5, 0.5, 0.3, 0.3, 0.1, -0.1, 0.37, 28.0, 0.19, 2.0, 0.3]),
-    ("mpl", {}, [2.8, 0.5, 0.5, 400.0, 2.0, 0.5, 0.6]),
-    ("mixing", {}, [2.0, 0.5, -1.5]),
-])
+@pytest.mark.parametrize(
+    "name, opts, p",
+    [
+        ("lra", {}, [2.8, 0.5, 0.5, 0.4]),
+        ("lra2", {}, [2.8, 0.5, 0.5, 0.4, 0.01, 0.1, 5e-4, 0.1]),
+        ("lra2", {"s1_scaling": False}, [2.8, 0.5, 0.5, 0.4, 0.01, 0.1, 5e-4]),
+        ("lra2", {"s1_power": "fit", "warmup_rise": True}, [2.8, 0.5, 0.5, 0.4, 0.01, 0.1, 5e-4, 0.1, 0.8]),
+        ("lra2", {"s1_power": "fit", "s1_scaling": False}, [2.8, 0.5, 0.5, 0.4, 0.01, 0.1, 5e-4, 1.2]),
+        ("mpl", {"warmup_ld": True, "warmup_block": 4}, [2.8, 0.5, 0.5, 400.0, 2.0, 0.5, 0.6]),
+        ("cpt", {}, [3.0, 0.5, 0.5, 0.3, 0.3, 0.37, 28.0, 0.19]),
+        ("replay", {"split_role": "general"}, [3.0, 0.5, 0.5, 0.3, 0.3, 0.37, 28.0, 0.19, 0.5, 2.0]),
+        ("replay", {"split_role": "domain"}, [3.0, 0.5, 0.5, 0.3, 0.3, -0.6, 500.0, 0.15, -0.5, 1.5]),
+        ("replay_rpt", {"split_role": "domain"}, [3.0, 0.5, 0.5, 0.3, 0.3, -0.6, 500.0, 0.15, -0.5, 1.5]),
+        ("replay_flex", {"split_role": "domain"}, [3.0, 0.5, 0.5, 0.3, 0.3, -0.6, 500.0, 0.15, -0.5, -4.0]),
+        ("replay_flex", {"split_role": "general"}, [3.0, 0.5, 0.5, 0.3, 0.3, 0.4, 50.0, 0.3, 0.5, 3.0]),
+        ("size", {}, [2.5, 0.5, 0.5, 0.3, 0.3, 0.1, -0.1, 0.37, 28.0, 0.19, 2.0, 0.3]),
+        ("mpl", {}, [2.8, 0.5, 0.5, 400.0, 2.0, 0.5, 0.6]),
+        ("mixing", {}, [2.0, 0.5, -1.5]),
+    ],
+)
 def test_exact_gradients(name, opts, p):
     law = get_law(name, **opts)
     curves = [
@@ -186,9 +215,24 @@ def test_exact_gradients(name, opts, p):
 
 def test_replay_forms_differ_only_where_they_should():
     c = [dataclasses.replace(cpt_run("a", PT_WSD, 8000, CPT_COS, every=1000), ratio=0.3)]
-    p = {"L0": 3.0, "A": 0.5, "alpha": 0.5, "C1": 0.3, "C2": 0.3, "B": 0.4, "E": 28.0, "beta": 0.2, "a1": 0.5, "a2": 2.0}
+    p = {
+        "L0": 3.0,
+        "A": 0.5,
+        "alpha": 0.5,
+        "C1": 0.3,
+        "C2": 0.3,
+        "B": 0.4,
+        "E": 28.0,
+        "beta": 0.2,
+        "a1": 0.5,
+        "a2": 2.0,
+    }
     P = {k: np.float64(v) for k, v in p.items()}
-    g, d, dr = get_law("replay", split_role="general"), get_law("replay", split_role="domain"), get_law("replay_rpt", split_role="domain")
+    g, d, dr = (
+        get_law("replay", split_role="general"),
+        get_law("replay", split_role="domain"),
+        get_law("replay_rpt", split_role="domain"),
+    )
     gr = get_law("replay_rpt", split_role="general")
     F = g.features(c, 0.999)
     np.testing.assert_allclose(g.predict(P, F), gr.predict(P, F))
@@ -229,14 +273,26 @@ def _ratio_design(ratios=(0.25, 0.5, 1.0)):
     return pts + cpts
 
 
-@pytest.mark.parametrize("name, role", [("replay", "domain"), ("replay", "general"),
-                                        ("replay_flex", "domain"), ("replay_flex", "general")])
+@pytest.mark.parametrize(
+    "name, role", [("replay", "domain"), ("replay", "general"), ("replay_flex", "domain"), ("replay_flex", "general")]
+)
 def test_replay_warm_starts_reproduce_the_cpt_fit_at_the_top_ratio(name, role):
     law = get_law(name, split_role=role)
     curves = _ratio_design()
-    base = {"L0": 3.0, "A": 0.5, "alpha": 0.5, "C1": 0.3, "C2": 0.3, "B": -0.6 if role == "domain" else 0.4, "E": 300.0, "beta": 0.3}
+    base = {
+        "L0": 3.0,
+        "A": 0.5,
+        "alpha": 0.5,
+        "C1": 0.3,
+        "C2": 0.3,
+        "B": -0.6 if role == "domain" else 0.4,
+        "E": 300.0,
+        "beta": 0.3,
+    }
     seen = []
-    starts = law.warm_starts(curves, lambda n, cs: seen.append((n, [c.run_id for c in cs])) or SimpleNamespace(params=base))
+    starts = law.warm_starts(
+        curves, lambda n, cs: seen.append((n, [c.run_id for c in cs])) or SimpleNamespace(params=base)
+    )
     assert seen == [("cpt", ["pt-cos", "pt-wsd", "cpt-r1.0", "cpt-r1-wsd"])]  # PT runs + the runs at r = 1
     top = [c for c in curves if c.ratio == 1.0]
     ref = get_law("cpt").predict({k: np.float64(v) for k, v in base.items()}, get_law("cpt").features(top, 0.999))
@@ -249,11 +305,24 @@ def test_replay_warm_starts_reproduce_the_cpt_fit_at_the_top_ratio(name, role):
 def test_saturating_domain_gain_needs_replay_flex():
     """Domain loss whose gain is mostly there at r = 0.25 (concave in r): replay_flex recovers it and predicts
     an unseen ratio; Eq. 8 as written (convex in r for the domain set) cannot fit it."""
-    truth = {"L0": 3.0, "A": 0.5, "alpha": 0.5, "C1": 0.3, "C2": 0.3, "B": -0.8, "E": 300.0, "beta": 0.3, "a1": -0.5, "a2": -8.0}
+    truth = {
+        "L0": 3.0,
+        "A": 0.5,
+        "alpha": 0.5,
+        "C1": 0.3,
+        "C2": 0.3,
+        "B": -0.8,
+        "E": 300.0,
+        "beta": 0.3,
+        "a1": -0.5,
+        "a2": -8.0,
+    }
     rng = np.random.default_rng(3)
     law = get_law("replay_flex", split_role="domain")
     fit_c, _ = synth(law, truth, _ratio_design((0.25, 0.5, 1.0)), 0.002, rng)
-    held, held_truth = synth(law, truth, [dataclasses.replace(cpt_run("cpt-r0.75", PT_COS, 10000, CPT_COS), ratio=0.75)], 0.0, rng)
+    held, held_truth = synth(
+        law, truth, [dataclasses.replace(cpt_run("cpt-r0.75", PT_COS, 10000, CPT_COS), ratio=0.75)], 0.0, rng
+    )
     flex = fit_law("replay_flex", fit_c, n_starts=300, law_options={"split_role": "domain"})
     pred = flex.predict_arrays(held)[0]
     assert np.mean(np.abs(pred - held_truth[0])) < 0.005
@@ -281,10 +350,13 @@ def _const_wsdcon_curves():
     return [pt_run("cos", PT_COS), pt_run("const", const), pt_run("two", two, steps=12000)]
 
 
-@pytest.mark.parametrize("opts, p", [
-    ({"warmup_rise": True}, [2.8, 0.5, 0.5, 0.4, 0.01, 0.1, 5e-4, 0.1]),
-    ({"warmup_rise": True, "s1_power": "fit"}, [2.8, 0.5, 0.5, 0.4, 0.01, 0.1, 5e-4, 0.1, 0.8]),
-])
+@pytest.mark.parametrize(
+    "opts, p",
+    [
+        ({"warmup_rise": True}, [2.8, 0.5, 0.5, 0.4, 0.01, 0.1, 5e-4, 0.1]),
+        ({"warmup_rise": True, "s1_power": "fit"}, [2.8, 0.5, 0.5, 0.4, 0.01, 0.1, 5e-4, 0.1, 0.8]),
+    ],
+)
 def test_lra2_gradients_with_real_warmup(opts, p):
     _gradcheck(get_law("lra2", **opts), np.array(p, float), _const_wsdcon_curves(), warmup_as_peak=False)
 

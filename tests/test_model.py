@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cptlaws.model import NOMINAL, PRESETS, ModelConfigError, build_model, count_params, flops_per_token, llama_config
+from cptlaws.errors import ConfigError
+from cptlaws.train.model import NOMINAL, PRESETS, build_model, count_params, flops_per_token, llama_config
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
@@ -39,17 +40,20 @@ def test_explicit_shape_and_forward():
     assert all(torch.equal(a, b) for a, b in zip(m.parameters(), m2.parameters()))  # seeded init
 
 
-@pytest.mark.parametrize("spec,needle", [
-    ({"preset": "huge"}, "model.preset"),
-    ({"preset": "tiny", "hidden_size": 0}, "model.hidden_size"),
-    ({"hidden_size": 64}, "model.intermediate_size"),
-    ({"preset": "tiny", "num_heads": 5}, "model.num_heads"),
-    ({"preset": "tiny", "num_kv_heads": 3}, "model.num_kv_heads"),
-    ({"preset": "tiny", "rope_theta": "1e4"}, "model.rope_theta"),
-    ({"preset": "tiny", "layers": 3}, "model.layers"),
-])
+@pytest.mark.parametrize(
+    "spec,needle",
+    [
+        ({"preset": "huge"}, "model.preset"),
+        ({"preset": "tiny", "hidden_size": 0}, "model.hidden_size"),
+        ({"hidden_size": 64}, "model.intermediate_size"),
+        ({"preset": "tiny", "num_heads": 5}, "model.num_heads"),
+        ({"preset": "tiny", "num_kv_heads": 3}, "model.num_kv_heads"),
+        ({"preset": "tiny", "rope_theta": "1e4"}, "model.rope_theta"),
+        ({"preset": "tiny", "layers": 3}, "model.layers"),
+    ],
+)
 def test_bad_model_spec_names_the_key(spec, needle):
-    with pytest.raises(ModelConfigError, match=needle.replace(".", r"\.")):
+    with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
         llama_config(spec, vocab_size=10)
 
 
@@ -61,7 +65,7 @@ def test_flops_per_token_is_about_6n():
 
 
 def test_fp32_attention_for_cpu_bf16_matches_sdpa():
-    from cptlaws.model import SDPA_FP32, attention_for
+    from cptlaws.train.model import SDPA_FP32, attention_for
 
     assert attention_for("cpu", "bfloat16") == SDPA_FP32
     assert attention_for("cpu", "float32") == attention_for("cuda", "bfloat16") == "sdpa"

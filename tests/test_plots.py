@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from cptlaws.cli import main as cli_main
-from cptlaws.plots import FIGURE_NAMES, PlotInputError, load_study, render_all
+from cptlaws.errors import InputError
+from cptlaws.plots import FIGURE_NAMES, load_outputs, render_all
 from cptlaws.plots.fixtures import make_fixture_study, true_fit
 from cptlaws.plots.lawcurves import decompose, law_curve, run_schedules
 from cptlaws.plots.tables import sig
@@ -24,7 +25,7 @@ def fixture_dirs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def study(fixture_dirs):
-    return load_study(fixture_dirs["tables"], fixture_dirs["fits"], fixture_dirs["checks"])
+    return load_outputs(fixture_dirs["tables"], fixture_dirs["fits"], fixture_dirs["checks"])
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +128,7 @@ def test_fixture_curves_follow_the_law(study):
 
 
 def test_missing_optional_inputs_skip_with_reason(fixture_dirs, tmp_path):
-    st = load_study(fixture_dirs["tables"], tmp_path / "nofits", tmp_path / "nochecks")
+    st = load_outputs(fixture_dirs["tables"], tmp_path / "nofits", tmp_path / "nochecks")
     manifest = render_all(st, tmp_path / "out", only={"fig1_schedules", "fig4_heldout", "fig6_cmr", "tab_params"})
     assert "fig1_schedules" in manifest["written"]
     assert "predictions" in manifest["skipped"]["fig4_heldout"]
@@ -143,32 +144,57 @@ def test_malformed_table_names_file_and_column(fixture_dirs, tmp_path):
         (tables / f"{name}.parquet").write_bytes((fixture_dirs["tables"] / f"{name}.parquet").read_bytes())
     curves = pd.read_parquet(fixture_dirs["tables"] / "curves.parquet").drop(columns=["S2_cpt"])
     curves.to_parquet(tables / "curves.parquet")
-    with pytest.raises(PlotInputError, match=r"curves\.parquet.*S2_cpt"):
-        load_study(tables)
+    with pytest.raises(InputError, match=r"curves\.parquet.*S2_cpt"):
+        load_outputs(tables)
     curves = pd.read_parquet(fixture_dirs["tables"] / "curves.parquet")
     curves.loc[5, "loss"] = np.nan
     curves.to_parquet(tables / "curves.parquet")
-    with pytest.raises(PlotInputError, match=r"curves\.parquet: column 'loss' row 5 \(run '.+'\)"):
-        load_study(tables)
+    with pytest.raises(InputError, match=r"curves\.parquet: column 'loss' row 5 \(run '.+'\)"):
+        load_outputs(tables)
 
 
 def test_malformed_fit_json_names_file_and_key(fixture_dirs, tmp_path):
     fits = tmp_path / "fits"
     fits.mkdir()
     (fits / "bad.json").write_text(json.dumps({"law": "cpt", "split": "general"}))
-    with pytest.raises(PlotInputError, match=r"bad\.json.*params"):
-        load_study(fixture_dirs["tables"], fits)
+    with pytest.raises(InputError, match=r"bad\.json.*params"):
+        load_outputs(fixture_dirs["tables"], fits)
 
 
 def test_cli_plot_fixture_and_errors(tmp_path, capsys):
     assert cli_main(["plot", "fixture", "--out", str(tmp_path / "s")]) == 0
-    rc = cli_main(["plot", "tab_params", "--tables", str(tmp_path / "s/tables"), "--fits", str(tmp_path / "s/fits"),
-                   "--checks", str(tmp_path / "s/checks"), "--out", str(tmp_path / "f")])
+    rc = cli_main(
+        [
+            "plot",
+            "tab_params",
+            "--tables",
+            str(tmp_path / "s/tables"),
+            "--fits",
+            str(tmp_path / "s/fits"),
+            "--checks",
+            str(tmp_path / "s/checks"),
+            "--out",
+            str(tmp_path / "f"),
+        ]
+    )
     assert rc == 0 and (tmp_path / "f/tab_params.md").exists()
     assert cli_main(["plot", "fig9_nope", "--out", str(tmp_path / "f")]) == 2
     assert "unknown figure 'fig9_nope'" in capsys.readouterr().err
-    rc = cli_main(["plot", "fig4_heldout", "--strict", "--tables", str(tmp_path / "s/tables"), "--fits",
-                   str(tmp_path / "none"), "--checks", str(tmp_path / "none"), "--out", str(tmp_path / "g")])
+    rc = cli_main(
+        [
+            "plot",
+            "fig4_heldout",
+            "--strict",
+            "--tables",
+            str(tmp_path / "s/tables"),
+            "--fits",
+            str(tmp_path / "none"),
+            "--checks",
+            str(tmp_path / "none"),
+            "--out",
+            str(tmp_path / "g"),
+        ]
+    )
     assert rc == 2 and "fig4_heldout skipped" in capsys.readouterr().err
 
 
@@ -183,11 +209,15 @@ def test_same_inputs_same_pdf(study, tmp_path):
 
 def test_pooled_heldout_panels_keep_the_studys_own_laws():
     from cptlaws.plots.fig_heldout import study_law_predictions
-    from cptlaws.plots.inputs import Study
+    from cptlaws.plots.inputs import StudyOutputs
 
-    pred = pd.DataFrame({"check": ["a", "a", "cmp"], "run_id": ["r1", "r2", "r1"], "loss": [1.0, 2.0, 1.0], "pred": [1.0, 2.0, 3.0]})
+    pred = pd.DataFrame(
+        {"check": ["a", "a", "cmp"], "run_id": ["r1", "r2", "r1"], "loss": [1.0, 2.0, 1.0], "pred": [1.0, 2.0, 3.0]}
+    )
     heldout = pd.DataFrame({"check": ["a", "cmp"], "law": ["replay_flex", "replay"]})
-    st = Study(predictions=pred, heldout=heldout, fits=[{"law": "replay_flex", "split": "general", "params": {}}])
+    st = StudyOutputs(
+        predictions=pred, heldout=heldout, fits=[{"law": "replay_flex", "split": "general", "params": {}}]
+    )
     assert list(study_law_predictions(st)["check"]) == ["a", "a"]
     st.fits = [{"law": "cpt", "split": "general", "params": {}}]  # no check uses a fitted law: keep them all
     assert len(study_law_predictions(st)) == 3

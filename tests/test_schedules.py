@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from cptlaws.areas import compute_areas, effective_lrs
-from cptlaws.schedules import ScheduleError, lr_array, phase_lrs, validate
+from cptlaws.errors import ScheduleError
+from cptlaws.schedules import lr_array, phase_lrs, validate
 
 PEAK, FINAL = 3e-4, 3e-5
 
@@ -28,7 +29,14 @@ def test_decays_end_at_final(kind):
 
 @pytest.mark.parametrize("shape", ["exponential", "linear", "cosine"])
 def test_wsd_shapes(shape):
-    spec = {"kind": "wsd", "peak_lr": PEAK, "warmup_steps": 5, "final_lr": FINAL, "decay_start": 80, "decay_shape": shape}
+    spec = {
+        "kind": "wsd",
+        "peak_lr": PEAK,
+        "warmup_steps": 5,
+        "final_lr": FINAL,
+        "decay_start": 80,
+        "decay_shape": shape,
+    }
     lrs = lr_array(spec, 100)
     assert np.all(lrs[5:80] == PEAK)
     assert lrs[-1] == pytest.approx(FINAL)
@@ -46,8 +54,15 @@ def test_wsd_decay_fraction_equals_decay_start():
 
 
 def test_multistep():
-    lrs = lr_array({"kind": "multistep", "peak_lr": PEAK, "warmup_steps": 4,
-                    "stages": [{"start": 50, "lr": 1e-4}, {"start": 80, "lr": FINAL}]}, 100)
+    lrs = lr_array(
+        {
+            "kind": "multistep",
+            "peak_lr": PEAK,
+            "warmup_steps": 4,
+            "stages": [{"start": 50, "lr": 1e-4}, {"start": 80, "lr": FINAL}],
+        },
+        100,
+    )
     assert np.all(lrs[4:50] == PEAK) and np.all(lrs[50:80] == 1e-4) and np.all(lrs[80:] == FINAL)
 
 
@@ -77,7 +92,11 @@ def test_cpt_rewarmup_from_pt_end_and_from_zero():
         ({"kind": "constant", "peak_lr": PEAK, "warmup_steps": 50}, 10, "warmup_steps"),
         ({"kind": "cosine", "peak_lr": PEAK}, 10, "final_lr"),
         ({"kind": "constant", "peak_lr": PEAK, "colour": 1}, 10, "colour"),
-        ({"kind": "wsd", "peak_lr": PEAK, "final_lr": FINAL, "decay_start": 5, "decay_shape": "step"}, 10, "decay_shape"),
+        (
+            {"kind": "wsd", "peak_lr": PEAK, "final_lr": FINAL, "decay_start": 5, "decay_shape": "step"},
+            10,
+            "decay_shape",
+        ),
         ({"kind": "multistep", "peak_lr": PEAK, "stages": [{"start": 20, "lr": 1e-4}]}, 10, "stages[0].start"),
         ({"kind": "constant", "peak_lr": "1e-4"}, 10, "peak_lr"),
     ],

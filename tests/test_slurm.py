@@ -14,12 +14,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
-from cptlaws import slurm as cs
-
 from slurm_support import (
-    PARTITION,
     ACCOUNT,
+    PARTITION,
     PROFILE,
     STATE_DIR,
     broken_slurm_conf,
@@ -32,6 +29,8 @@ from slurm_support import (
     run_uuid,
     sacct_jobs,
 )
+
+from cptlaws.study import slurm as cs
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_WF = REPO / "tests" / "data" / "slurm_wf" / "Snakefile"
@@ -117,7 +116,7 @@ def test_cluster_script_is_idempotent(slurm_cluster):
 def test_preflight_names_missing_partition_and_account(slurm_cluster):
     rep = cs.preflight("sacct", [PARTITION], [ACCOUNT])
     assert any("sacct" in i for i in rep.info)
-    with pytest.raises(cs.SlurmPreflightError) as err:
+    with pytest.raises(cs.ClusterError) as err:
         cs.preflight("sacct", ["no-such-part"], ["no-such-acct"])
     msg = str(err.value)
     assert "partition 'no-such-part'" in msg and f"available: {PARTITION}" in msg
@@ -247,7 +246,17 @@ def _study_on_slurm(work: Path, config: Path, prof: Path, venv_bin: Path, *targe
 
     env = {"PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"}  # jobs inherit it: rules call `cptlaws`
     # targets first: --configfile takes every value after it
-    args = [*targets, "--snakefile", str(SNAKEFILE), "--directory", str(work), "--profile", str(prof), "--configfile", str(config)]
+    args = [
+        *targets,
+        "--snakefile",
+        str(SNAKEFILE),
+        "--directory",
+        str(work),
+        "--profile",
+        str(prof),
+        "--configfile",
+        str(config),
+    ]
     log = work / "snakemake.out"
     with open(log, "w") as fh:
         proc = subprocess.Popen([str(venv_bin / "snakemake"), *args], cwd=work, env={**os.environ, **env},
@@ -273,7 +282,7 @@ def _output(proc: subprocess.Popen) -> str:
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_smoke_study_on_slurm_equals_local_run(slurm_cluster, smoke_study, tmp_path, venv_bin, report):
-    from cptlaws.config import load_study
+    from cptlaws.study.config import load_study
 
     local, _, config = smoke_study
     work = tmp_path / "study"
@@ -287,7 +296,9 @@ def test_smoke_study_on_slurm_equals_local_run(slurm_cluster, smoke_study, tmp_p
 
     jobs = sacct_jobs(run_uuid(log))
     runs = set(load_study(config).runs)
-    train = {j["Comment"].removeprefix("rule_train_wildcards_"): j for j in jobs if j["Comment"].startswith("rule_train")}
+    train = {
+        j["Comment"].removeprefix("rule_train_wildcards_"): j for j in jobs if j["Comment"].startswith("rule_train")
+    }
     report(f"smoke study on SLURM: {len(jobs)} jobs went through sbatch ({len(train)} training), "
           f"{time.monotonic() - t0:.0f} s")  # fmt: skip
     assert set(train) == runs, "every training run is its own SLURM job"
@@ -325,7 +336,7 @@ def test_killed_training_job_resumes_from_its_checkpoint(slurm_cluster, tmp_path
     checkpoint and ends with the curve of an uninterrupted run."""
     from conftest import SMOKE
 
-    from cptlaws.config import load_study
+    from cptlaws.study.config import load_study
 
     cfg = yaml.safe_load(SMOKE.read_text())
     cfg["pt"]["steps"] = 600  # long enough (~30 s) to cancel it between checkpoints
@@ -343,7 +354,9 @@ def test_killed_training_job_resumes_from_its_checkpoint(slurm_cluster, tmp_path
 
     ckpt = work / "results" / "runs" / pt / "ckpt"
     deadline = time.monotonic() + 600
-    while not any(p.name.startswith("step_") and int(p.name[5:]) >= 80 for p in ckpt.glob("step_*") if p.name[5:].isdigit()):
+    while not any(
+        p.name.startswith("step_") and int(p.name[5:]) >= 80 for p in ckpt.glob("step_*") if p.name[5:].isdigit()
+    ):
         assert proc.poll() is None, f"snakemake ended before the run checkpointed:\n{_output(proc)[-5000:]}"
         assert time.monotonic() < deadline, "no periodic checkpoint within 600 s"
         time.sleep(0.5)
@@ -368,13 +381,17 @@ def test_killed_training_job_resumes_from_its_checkpoint(slurm_cluster, tmp_path
     ref_cfg["out_dir"] = str(tmp_path / "ref")
     (tmp_path / "ref.json").write_text(json.dumps(ref_cfg))
     env = {**os.environ, "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"}
-    r = subprocess.run(["cptlaws", "train", str(tmp_path / "ref.json")], cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        ["cptlaws", "train", str(tmp_path / "ref.json")], cwd=work, env=env, capture_output=True, text=True, timeout=600
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     a = pd.read_parquet(tmp_path / "ref" / "curve.parquet").drop(columns=["run_id"], errors="ignore")
     b = pd.read_parquet(work / "results" / "runs" / pt / "curve.parquet").drop(columns=["run_id"], errors="ignore")
     pd.testing.assert_frame_equal(a.reset_index(drop=True), b.reset_index(drop=True), check_exact=True)
-    report(f"killed training job: SLURM states {states}, resumed from step {meta['resumed_from'][0]}, "
-           f"curve equal to an uninterrupted run ({len(b)} rows)")
+    report(
+        f"killed training job: SLURM states {states}, resumed from step {meta['resumed_from'][0]}, "
+        f"curve equal to an uninterrupted run ({len(b)} rows)"
+    )
 
 
 @pytest.mark.slurm
@@ -385,7 +402,7 @@ def test_training_job_past_its_time_limit_checkpoints_on_sigterm_and_resumes(slu
     SIGTERM checkpoint."""
     from conftest import SMOKE
 
-    from cptlaws.config import load_study
+    from cptlaws.study.config import load_study
 
     cfg = yaml.safe_load(SMOKE.read_text())
     steps = 9000  # ~150 s of training here (~60 steps/s): two or three attempts under a 1-minute limit
@@ -420,5 +437,7 @@ def test_training_job_past_its_time_limit_checkpoints_on_sigterm_and_resumes(slu
     assert resumed == sorted(set(resumed)), resumed
     curve = pd.read_parquet(work / "results" / "runs" / pt / "curve.parquet")
     assert sorted(curve[curve.split == "general"]["step"]) == list(range(0, steps + 1, 500))  # every eval once
-    report(f"time-limited training job: SLURM states {states}, resumed from steps {resumed} (SIGTERM "
-           f"checkpoints), outputs restored {restored}x, finished in {time.monotonic() - t0:.0f} s")
+    report(
+        f"time-limited training job: SLURM states {states}, resumed from steps {resumed} (SIGTERM "
+        f"checkpoints), outputs restored {restored}x, finished in {time.monotonic() - t0:.0f} s"
+    )

@@ -16,9 +16,12 @@ import pytest
 
 from cptlaws import io
 from cptlaws.areas import compute_areas
-from cptlaws.config import load_study
+from cptlaws.errors import InputError
 from cptlaws.schedules import lr_array, phase_lrs
-from cptlaws.study import StudyError, collect, fit_study, observed_cmr, read_tables, run_checks
+from cptlaws.study.checks import observed_cmr, run_checks
+from cptlaws.study.config import load_study
+from cptlaws.study.fits import fit_study
+from cptlaws.study.tables import collect, read_tables
 
 # Replay-law truth (laws.md Eq. 8): one parameter set per validation set.
 TRUE = {
@@ -110,14 +113,37 @@ def make_fake_runs(study, root: Path, noise: float = 0.002, seed: int = 0, only=
             role = "general" if split == "general" else "domain"
             loss = true_loss(lrs, steps, transfer, warm, ratio, role)
             loss = np.where(steps == 0, 7.0, loss) + noise * rng.standard_normal(steps.size)
-            parts.append(pd.DataFrame({"run_id": rid, "phase": row["phase"], "step": steps, "tokens": steps * bs * sl,
-                                       "lr": np.where(steps > 0, lrs[np.maximum(steps - 1, 0)], 0.0), "split": split, "loss": loss}))
+            parts.append(
+                pd.DataFrame(
+                    {
+                        "run_id": rid,
+                        "phase": row["phase"],
+                        "step": steps,
+                        "tokens": steps * bs * sl,
+                        "lr": np.where(steps > 0, lrs[np.maximum(steps - 1, 0)], 0.0),
+                        "split": split,
+                        "loss": loss,
+                    }
+                )
+            )
         parts.append(parts[0].assign(split="train"))
         io.write_parquet(d / "curve.parquet", pd.concat(parts, ignore_index=True))
         n = own.size
-        io.write_parquet(d / "trainlog.parquet", pd.DataFrame({"step": np.arange(first, first + n), "lr": own,
-                                                               "tokens": np.arange(first, first + n) * bs * sl, "train_loss": 3.0}))
-        io.write_json(d / "meta.json", {"n_params": 2.0e5, "n_nonembed": 1.0e5, "status": "ok", "wall_time_s": 1.0, "tokens_per_s": 1.0e5})
+        io.write_parquet(
+            d / "trainlog.parquet",
+            pd.DataFrame(
+                {
+                    "step": np.arange(first, first + n),
+                    "lr": own,
+                    "tokens": np.arange(first, first + n) * bs * sl,
+                    "train_loss": 3.0,
+                }
+            ),
+        )
+        io.write_json(
+            d / "meta.json",
+            {"n_params": 2.0e5, "n_nonembed": 1.0e5, "status": "ok", "wall_time_s": 1.0, "tokens_per_s": 1.0e5},
+        )
         dirs.append(d)
     return dirs
 
@@ -160,7 +186,7 @@ def test_collect_rejects_an_lr_history_that_contradicts_the_schedule(fake_study,
     log = pd.read_parquet(dirs[0] / "trainlog.parquet")
     log.loc[57, "lr"] *= 1.5
     log.to_parquet(dirs[0] / "trainlog.parquet")
-    with pytest.raises(StudyError, match=r"pt-tiny-const-s0.*step 58"):
+    with pytest.raises(InputError, match=r"pt-tiny-const-s0.*step 58"):
         collect(dirs, tmp_path / "tables")
 
 
@@ -168,14 +194,14 @@ def test_collect_names_a_missing_file(fake_study, tmp_path):
     study, _, _ = fake_study
     dirs = make_fake_runs(study, tmp_path, only={"pt-tiny-const-s0"})
     (dirs[0] / "meta.json").unlink()
-    with pytest.raises(StudyError, match=r"pt-tiny-const-s0/meta.json: missing"):
+    with pytest.raises(InputError, match=r"pt-tiny-const-s0/meta.json: no such file"):
         collect(dirs, tmp_path / "tables")
 
 
 def test_collect_needs_the_parent_of_a_cpt_run(fake_study, tmp_path):
     study, _, _ = fake_study
     dirs = make_fake_runs(study, tmp_path, only={"cpt-tiny-code-r1-cos-const-T200-s0"})
-    with pytest.raises(StudyError, match="parent PT run 'pt-tiny-const-s0'"):
+    with pytest.raises(InputError, match="parent PT run 'pt-tiny-const-s0'"):
         collect(dirs, tmp_path / "tables")
 
 
@@ -183,7 +209,10 @@ def test_collect_needs_the_parent_of_a_cpt_run(fake_study, tmp_path):
 def fitted(fake_study):
     study, root, _ = fake_study
     out = root / "results/fits"
-    docs = {a: fit_study(a, root / "results/tables", json.loads(study.fit_settings_json(a)), out) for a in ("cpt", "replay", "cmr")}
+    docs = {
+        a: fit_study(a, root / "results/tables", json.loads(study.fit_settings_json(a)), out)
+        for a in ("cpt", "replay", "cmr")
+    }
     return study, root, out, docs
 
 

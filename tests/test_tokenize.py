@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 
 from cptlaws.cli import main
-from cptlaws.corpora import fetch_corpus, read_texts
-from cptlaws.tokenize_data import (
-    TokenizeError,
+from cptlaws.data.corpora import fetch_corpus, read_texts
+from cptlaws.data.tokenize import (
     bits_per_byte,
     decode_rows,
     load_split,
@@ -20,12 +19,17 @@ from cptlaws.tokenize_data import (
     tokenize_corpus,
     tokens_per_byte,
 )
-from cptlaws.tokenizer import TokenizerError, load_tokenizer, train_tokenizer
+from cptlaws.data.tokenizer import load_tokenizer, train_tokenizer
+from cptlaws.errors import DataError
 
-SAMPLES = ["To be, or not to be: that is the question.",
-           "def f(x):\n\treturn {'a': x ** 2}  # trailing  \n",
-           "naïve café — ∀x ∈ ℝ, 😀; literal <eos> and <pad> are text",
-           "", " leading space", "\n\n\n"]
+SAMPLES = [
+    "To be, or not to be: that is the question.",
+    "def f(x):\n\treturn {'a': x ** 2}  # trailing  \n",
+    "naïve café — ∀x ∈ ℝ, 😀; literal <eos> and <pad> are text",
+    "",
+    " leading space",
+    "\n\n\n",
+]
 
 
 @pytest.fixture(scope="module")
@@ -69,16 +73,16 @@ def test_bytes_tokenizer(tmp_path):
 
 
 def test_tokenizer_errors(tmp_path, corpus):
-    with pytest.raises(TokenizerError, match=r"missing\.json does not exist"):
+    with pytest.raises(DataError, match=r"missing\.json does not exist"):
         load_tokenizer(tmp_path / "missing.json")
     (tmp_path / "bad.json").write_text("{not json")
-    with pytest.raises(TokenizerError, match=r"bad\.json is not a valid tokenizer"):
+    with pytest.raises(DataError, match=r"bad\.json is not a valid tokenizer"):
         load_tokenizer(tmp_path / "bad.json")
-    with pytest.raises(TokenizerError, match="vocab_size 100"):
+    with pytest.raises(DataError, match="vocab_size 100"):
         train_tokenizer(corpus, tmp_path / "t.json", vocab_size=100)
-    with pytest.raises(TokenizerError, match="unknown tokenizer kind 'wordpiece'"):
+    with pytest.raises(DataError, match="unknown tokenizer kind 'wordpiece'"):
         train_tokenizer(corpus, tmp_path / "t.json", kind="wordpiece")
-    with pytest.raises(TokenizerError, match="no provenance.json"):
+    with pytest.raises(DataError, match="no provenance.json"):
         train_tokenizer(tmp_path, tmp_path / "t.json")
 
 
@@ -129,7 +133,7 @@ def test_shuffle_seeded_and_independent_of_num_proc(bpe, corpus, tmp_path):
 
 
 def test_bits_per_byte_and_loader_contract(bpe, corpus, tmp_path):
-    from cptlaws.data import load_rows
+    from cptlaws.data.rows import load_rows
 
     path, _ = bpe
     meta = tokenize_corpus(corpus, path, tmp_path / "t", seq_len=24)
@@ -148,16 +152,16 @@ def test_bits_per_byte_and_loader_contract(bpe, corpus, tmp_path):
 
 def test_tokenize_errors(bpe, corpus, tmp_path):
     path, _ = bpe
-    with pytest.raises(TokenizerError, match=r"nope\.json does not exist"):
+    with pytest.raises(DataError, match=r"nope\.json does not exist"):
         tokenize_corpus(corpus, tmp_path / "nope.json", tmp_path / "o")
     with pytest.raises(ValueError, match="no provenance.json"):
         tokenize_corpus(tmp_path, path, tmp_path / "o")
-    with pytest.raises(TokenizeError, match="seq_len"):
+    with pytest.raises(DataError, match="seq_len"):
         tokenize_corpus(corpus, path, tmp_path / "o", seq_len=0)
-    with pytest.raises(TokenizeError, match=r"split 'train' of code has \d+ tokens, fewer than one row"):
+    with pytest.raises(DataError, match=r"split 'train' of code has \d+ tokens, fewer than one row"):
         tokenize_corpus(corpus, path, tmp_path / "o", seq_len=10**7)
     assert not (tmp_path / "o").exists()  # nothing half-written
-    with pytest.raises(TokenizeError, match="no meta.json"):
+    with pytest.raises(DataError, match="no meta.json"):
         read_token_meta(tmp_path)
 
 
@@ -179,7 +183,7 @@ def test_cli_end_to_end(tmp_path, capsys):
 
 @pytest.mark.parametrize("seq_len, chunk", [(16, 17), (16, 40), (7, 1000), (64, 65)])
 def test_row_spool_chunks_equal_packing_the_whole_stream(tmp_path, seq_len, chunk):
-    from cptlaws.tokenize_data import RowSpool, pack_rows
+    from cptlaws.data.tokenize import RowSpool, pack_rows
 
     rng = np.random.default_rng(seq_len)
     docs = [rng.integers(0, 500, rng.integers(1, 90)).astype(np.int32) for _ in range(60)]

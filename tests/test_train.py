@@ -17,9 +17,10 @@ import pandas as pd
 import pytest
 import torch
 
-from cptlaws import data as D
+from cptlaws.data import rows as D
+from cptlaws.errors import ConfigError, TrainingDiverged, TrainingInterrupted
 from cptlaws.schedules import lr_array, phase_lrs
-from cptlaws.train import KILL_ENV, ConfigError, TrainingDiverged, TrainingInterrupted, train, validate_config
+from cptlaws.train import KILL_ENV, train, validate_config
 
 VOCAB, SEQ = 64, 32
 
@@ -48,10 +49,18 @@ def tok(tmp_path_factory) -> Path:
 
 def pt_cfg(tok: Path, out: Path, **kw) -> dict:
     cfg = {
-        "run_id": "pt", "phase": "pt", "out_dir": str(out), "seed": 0, "model": {"preset": "nano"},
+        "run_id": "pt",
+        "phase": "pt",
+        "out_dir": str(out),
+        "seed": 0,
+        "model": {"preset": "nano"},
         "data": {"general": str(tok / "general")},
         "valid": {"general": str(tok / "general"), "code": str(tok / "code")},
-        "batch_size": 8, "seq_len": SEQ, "steps": 30, "eval_every": 5, "eval_batches": 2,
+        "batch_size": 8,
+        "seq_len": SEQ,
+        "steps": 30,
+        "eval_every": 5,
+        "eval_batches": 2,
         "schedule": {"kind": "wsd", "peak_lr": 1.0e-2, "warmup_steps": 4, "final_lr": 1.0e-3, "decay_fraction": 0.3},
         "checkpoint": {"transfer_steps": [20], "every": 7},
         "runtime": {"threads": 1, "progress": False},
@@ -61,19 +70,27 @@ def pt_cfg(tok: Path, out: Path, **kw) -> dict:
 
 
 def cpt_cfg(tok: Path, out: Path, ckpt: Path, **kw) -> dict:
-    cfg = pt_cfg(tok, out, run_id="cpt", phase="cpt", steps=25,
-                 data={"general": str(tok / "general"), "domain": str(tok / "code"), "ratio": 0.75},
-                 schedule={"kind": "cosine", "peak_lr": 5.0e-3, "warmup_steps": 3, "warmup_init": "pt_end",
-                           "final_lr": 5.0e-4},
-                 checkpoint={"every": 6})
+    cfg = pt_cfg(
+        tok,
+        out,
+        run_id="cpt",
+        phase="cpt",
+        steps=25,
+        data={"general": str(tok / "general"), "domain": str(tok / "code"), "ratio": 0.75},
+        schedule={"kind": "cosine", "peak_lr": 5.0e-3, "warmup_steps": 3, "warmup_init": "pt_end", "final_lr": 5.0e-4},
+        checkpoint={"every": 6},
+    )
     cfg["init"] = {"checkpoint": str(ckpt), "optimizer": "keep"}
     cfg.update(kw)
     return cfg
 
 
 def read(out: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    return (pd.read_parquet(out / "curve.parquet"), pd.read_parquet(out / "trainlog.parquet"),
-            json.loads((out / "meta.json").read_text()))
+    return (
+        pd.read_parquet(out / "curve.parquet"),
+        pd.read_parquet(out / "trainlog.parquet"),
+        json.loads((out / "meta.json").read_text()),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +119,7 @@ def test_pt_outputs_and_exact_lr(pt_run):
     assert np.array_equal(tr.to_numpy(), tlog.set_index("step").loc[tr.index, "train_loss"].to_numpy())
     assert meta["status"] == "ok" and meta["n_nonembed"] > 0 and meta["tokens"] == 30 * 8 * SEQ
     import hashlib
+
     assert meta["lr_history_sha256"] == hashlib.sha256(lrs.astype("<f8").tobytes()).hexdigest()
     g = curve[curve.split == "general"].sort_values("step")["loss"].to_numpy()
     assert g[-1] < g[0] - 0.5  # it learns
@@ -211,8 +229,10 @@ def test_deterministic_same_seed_and_finished_run_is_not_redone(tok, pt_run, tmp
 
 
 # ---------------------------------------------------------------------------------------------------- data
-@pytest.mark.parametrize("ratio,batch,expected", [(0.5, 8, 4), (0.5, 5, 3), (0.25, 6, 2), (0.1, 8, 1), (0.0, 8, 0),
-                                                  (1.0, 7, 7), (0.3, 16, 5)])
+@pytest.mark.parametrize(
+    "ratio,batch,expected",
+    [(0.5, 8, 4), (0.5, 5, 3), (0.25, 6, 2), (0.1, 8, 1), (0.0, 8, 0), (1.0, 7, 7), (0.3, 16, 5)],
+)
 def test_exact_mixture_share(ratio, batch, expected):
     general = torch.arange(0, 50).reshape(-1, 1).repeat(1, 5)  # ids < 50 are general
     domain = torch.arange(100, 123).reshape(-1, 1).repeat(1, 5)  # ids >= 100 are domain
@@ -363,9 +383,15 @@ def test_cli_reports_bad_config_in_one_line(tok, tmp_path):
 # ---------------------------------------------------------------------------------------------------- divergence
 def test_divergence_stops_cleanly_and_keeps_the_curve(tok, tmp_path):
     out = tmp_path / "div"
-    cfg = pt_cfg(tok, out, steps=40, eval_every=2, checkpoint={},
-                 schedule={"kind": "constant", "peak_lr": 1.0e25},
-                 optim={"grad_clip": 0.0})
+    cfg = pt_cfg(
+        tok,
+        out,
+        steps=40,
+        eval_every=2,
+        checkpoint={},
+        schedule={"kind": "constant", "peak_lr": 1.0e25},
+        optim={"grad_clip": 0.0},
+    )
     with pytest.raises(TrainingDiverged, match="diverged at step") as ei:
         train(cfg)
     curve, tlog, meta = read(out)
@@ -384,11 +410,28 @@ def test_cpt_forgets_general_and_learns_domain(tok, tmp_path):
     """PT on language 1, CPT on a 75 % language-2 mixture: the general loss rises from its PT value while
     the domain loss falls (the paper's qualitative finding, on synthetic languages)."""
     pt_out, cpt_out = tmp_path / "pt", tmp_path / "cpt"
-    train(pt_cfg(tok, pt_out, steps=60, eval_every=10, checkpoint={"transfer_steps": [60]},
-                 schedule={"kind": "constant", "peak_lr": 1.0e-2, "warmup_steps": 5}))
-    train(cpt_cfg(tok, cpt_out, pt_out / "ckpt" / "step_60", steps=40, eval_every=10, checkpoint={},
-                  schedule={"kind": "constant", "peak_lr": 1.0e-2},
-                  init={"checkpoint": str(pt_out / "ckpt" / "step_60"), "optimizer": "fresh"}))
+    train(
+        pt_cfg(
+            tok,
+            pt_out,
+            steps=60,
+            eval_every=10,
+            checkpoint={"transfer_steps": [60]},
+            schedule={"kind": "constant", "peak_lr": 1.0e-2, "warmup_steps": 5},
+        )
+    )
+    train(
+        cpt_cfg(
+            tok,
+            cpt_out,
+            pt_out / "ckpt" / "step_60",
+            steps=40,
+            eval_every=10,
+            checkpoint={},
+            schedule={"kind": "constant", "peak_lr": 1.0e-2},
+            init={"checkpoint": str(pt_out / "ckpt" / "step_60"), "optimizer": "fresh"},
+        )
+    )
     pt_curve, cpt_curve = read(pt_out)[0], read(cpt_out)[0]
     at = lambda c, s, split: c[(c.step == s) & (c.split == split)]["loss"].item()  # noqa: E731
     g_pt, d_pt = at(pt_curve, 60, "general"), at(pt_curve, 60, "code")
@@ -424,8 +467,9 @@ def test_bf16_on_cpu_tracks_the_fp32_run(tok, pt_run, tmp_path, compiled):
     assert last < first - 0.5  # it learns
 
 
-@pytest.mark.parametrize("lost", [["curve.parquet", "trainlog.parquet", "meta.json"], ["curve.parquet"]],
-                         ids=["all", "one"])
+@pytest.mark.parametrize(
+    "lost", [["curve.parquet", "trainlog.parquet", "meta.json"], ["curve.parquet"]], ids=["all", "one"]
+)
 def test_finished_run_whose_outputs_were_deleted_is_restored_without_training(tok, pt_run, tmp_path, lost):
     # Snakemake deletes the outputs of a job that fails after training finished (e.g. its epilogue crossed the
     # SLURM time limit: TIMEOUT); the periodic checkpoints are gone by then, so the retry must not train again
@@ -512,8 +556,9 @@ def test_cli_exits_143_on_sigterm(tok, tmp_path):
     cfg = pt_cfg(tok, out, steps=5000, eval_every=1000, checkpoint={"every": 300, "transfer_steps": [], "keep_last": 5})
     path = tmp_path / "run.json"
     path.write_text(json.dumps(cfg))
-    proc = subprocess.Popen([sys.executable, "-m", "cptlaws.cli", "train", str(path), "--no-progress"],
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cptlaws.cli", "train", str(path), "--no-progress"], stderr=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + 180
     while not (out / "ckpt" / "step_300").is_dir():  # the loop is running
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:]

@@ -8,19 +8,18 @@ that config against its outputs and read which jobs Snakemake would schedule.
 from __future__ import annotations
 
 import copy
-import subprocess
 import json
+import subprocess
 import time
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
-
-from cptlaws.config import load_study
-from cptlaws.schedules import lr_array, phase_lrs
-
 from conftest import SMOKE, scheduled, snakemake, write_config
+
+from cptlaws.schedules import lr_array, phase_lrs
+from cptlaws.study.config import load_study
 
 pytestmark = pytest.mark.slow
 
@@ -131,7 +130,11 @@ def test_bad_config_stops_at_parse_time(tmp_path, venv_bin):
 
 
 def test_workflow_is_lint_and_format_clean(venv_bin, repo_root):
-    lint = subprocess.run([str(venv_bin / "snakemake"), "--lint"], cwd=repo_root, capture_output=True, text=True, timeout=300)
+    lint = subprocess.run(
+        [str(venv_bin / "snakemake"), "--lint"], cwd=repo_root, capture_output=True, text=True, timeout=300
+    )
     assert lint.returncode == 0 and "Congratulations" in lint.stdout + lint.stderr, (lint.stdout + lint.stderr)[-3000:]
-    fmt = subprocess.run([str(venv_bin / "snakefmt"), "--check", "workflow"], cwd=repo_root, capture_output=True, text=True, timeout=120)
+    fmt = subprocess.run(
+        [str(venv_bin / "snakefmt"), "--check", "workflow"], cwd=repo_root, capture_output=True, text=True, timeout=120
+    )
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr

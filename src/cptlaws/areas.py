@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.signal import lfilter
 
+from cptlaws.errors import ConfigError
+
 DEFAULT_LAMBDA = 0.999
 
 
@@ -30,7 +32,7 @@ class Areas:
     S2_pt: np.ndarray
     S2_cpt: np.ndarray
 
-    def at(self, steps) -> "Areas":
+    def at(self, steps) -> Areas:
         """The areas at the given (integer) step indices."""
         idx = np.asarray(steps, dtype=np.int64)
         return Areas(*(getattr(self, f)[idx] for f in ("S1", "S2", "S1_pt", "S1_cpt", "S2_pt", "S2_cpt")))
@@ -67,7 +69,7 @@ def compute_areas(
 ) -> Areas:
     """S1/S2 over a whole LR history, split at ``transfer`` (number of PT updates; None = pure PT)."""
     if not 0.0 <= lam < 1.0:
-        raise ValueError(f"lambda = {lam!r} must be in [0, 1)")
+        raise ConfigError(f"lambda = {lam!r} must be in [0, 1)")
     eff = effective_lrs(lrs, warmup_steps, warmup_as_peak)
     n = eff.size
     S1 = np.zeros(n + 1)
@@ -78,7 +80,7 @@ def compute_areas(
         zeros = np.zeros(n + 1)
         return Areas(S1, S2, S1, zeros, S2, zeros)
     if transfer < 0:
-        raise ValueError(f"transfer step {transfer} must be >= 0")
+        raise ConfigError(f"transfer step {transfer} must be >= 0")
     S1_pt = S1.copy()
     S1_pt[transfer:] = S1[transfer]
     S2_pt = S2.copy()

@@ -1,14 +1,24 @@
-"""Atomic writes: every output goes to a temporary file in the same directory and is renamed into
-place, so a killed job never leaves a half-written parquet / JSON behind."""
+"""Reading and writing files, one way each.
+
+Writes are atomic: a file or directory is filled under a temporary name next to its target, fsynced and
+renamed into place, so a killed job never leaves a half-written parquet, JSON or directory behind.
+Reads name the file in every error (``InputError``): missing, unreadable, not JSON, a column missing.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+
+from cptlaws.errors import InputError, MissingFileError
+
+TABLE_SUFFIXES = (".parquet", ".pq", ".csv", ".tsv")
 
 
 @contextmanager
@@ -29,6 +39,42 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
             tmp.unlink()
 
 
+@contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary directory next to ``path``; on success fsync its files and let it replace
+    ``path``. A kill leaves only a hidden ``.<name>.tmp-*`` directory (``clean_tmp_dirs`` removes those),
+    never a half-filled ``path``; an existing ``path`` is moved aside first and deleted after the swap."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        yield tmp
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+        old = None
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+            os.replace(path, old / "x")
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def clean_tmp_dirs(parent: str | os.PathLike) -> None:
+    """Remove the debris ``atomic_dir`` leaves in ``parent`` when a process is killed mid-write."""
+    parent = Path(parent)
+    if parent.is_dir():
+        for p in parent.glob(".*.tmp-*"):
+            shutil.rmtree(p, ignore_errors=True)
+        for p in parent.glob(".*.old-*"):
+            shutil.rmtree(p, ignore_errors=True)
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
@@ -42,6 +88,60 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 def write_parquet(path: str | os.PathLike, df) -> None:
     with atomic_path(path) as tmp:
         df.to_parquet(tmp, index=False)
+
+
+def write_table(path: str | os.PathLike, df) -> None:
+    """A DataFrame as parquet or CSV, by the file's suffix."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        write_parquet(path, df)
+    elif suffix == ".csv":
+        with atomic_path(path) as tmp:
+            df.to_csv(tmp, index=False)
+    else:
+        raise InputError(f"{path}: output must end in .parquet or .csv")
+
+
+def read_json(path: str | os.PathLike, what: str = "") -> Any:
+    """Parse a JSON file; every failure names the file (and ``what`` it was meant to be)."""
+    path = Path(path)
+    hint = f" ({what})" if what else ""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise MissingFileError(f"{path}: no such file{hint}") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not a JSON text file (not UTF-8){hint}") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror or exc}){hint}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: invalid JSON ({exc}){hint}") from None
+
+
+def read_table(path: str | os.PathLike, columns: Sequence[str] = (), what: str = "table"):
+    """A parquet / CSV / TSV table; names the file when it is missing, unreadable or lacks a column."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.exists():
+        raise MissingFileError(f"{path}: no such file ({what} not found)")
+    suffix = path.suffix.lower()
+    if suffix not in TABLE_SUFFIXES:
+        raise InputError(f"{path}: unknown {what} format '{suffix}' (use .parquet or .csv)")
+    try:
+        if suffix in (".parquet", ".pq"):
+            df = pd.read_parquet(path)
+        else:
+            df = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
+    except Exception as exc:  # noqa: BLE001 - pyarrow and the CSV parser raise many types: name the file
+        raise InputError(f"{path}: cannot read {what} ({exc})") from None
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise InputError(f"{path}: missing column(s) {missing}; columns are {list(df.columns)}")
+    return df
 
 
 def _json_default(o: Any):

@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from cptlaws.errors import ScheduleError
+
 KINDS = ("constant", "cosine", "linear", "wsd", "multistep")
 DECAY_SHAPES = ("exponential", "linear", "cosine")
 PT_END = "pt_end"
@@ -44,10 +46,6 @@ _KEYS = {
     "name",
 }
 _NEEDS_FINAL = {"cosine", "linear", "wsd"}
-
-
-class ScheduleError(ValueError):
-    """A schedule spec that cannot be turned into an LR array; the message names the field."""
 
 
 def _fail(field: str, value: Any, why: str, where: str = "") -> None:
@@ -105,9 +103,7 @@ def validate(spec: Mapping, steps: int | None = None, where: str = "") -> dict:
     if out["peak_lr"] != PT_END and out["peak_lr"] <= 0:
         _fail("peak_lr", spec["peak_lr"], "must be > 0", where)
     out["warmup_steps"] = _int(spec, "warmup_steps", where) if "warmup_steps" in spec else 0
-    out["warmup_init"] = (
-        _number(spec, "warmup_init", where, allow_pt_end=True) if "warmup_init" in spec else 0.0
-    )
+    out["warmup_init"] = _number(spec, "warmup_init", where, allow_pt_end=True) if "warmup_init" in spec else 0.0
     if kind in _NEEDS_FINAL:
         if "final_lr" not in spec:
             _fail("final_lr", None, f"missing (required by kind '{kind}')", where)
@@ -174,7 +170,9 @@ def check_steps(spec: Mapping, steps: int, where: str = "") -> None:
     if spec["kind"] == "multistep":
         for j, st in enumerate(spec["stages"]):
             if st["start"] >= steps:
-                _fail(f"stages[{j}].start", st["start"], f"stage starts after the end of the run ({steps} steps)", where)
+                _fail(
+                    f"stages[{j}].start", st["start"], f"stage starts after the end of the run ({steps} steps)", where
+                )
 
 
 def decay_start_step(spec: Mapping, steps: int) -> int:

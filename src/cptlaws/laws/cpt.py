@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from cptlaws.errors import InputError
 from cptlaws.laws.base import Features, Law, safe_pow
 
 
@@ -28,7 +29,7 @@ def require_cpt_run(name: str, curves) -> None:
     """The CPT laws need at least one run with a transfer step: without one the shift term and C2 are
     unidentified and the fit would silently be an LR-annealing fit with extra free parameters."""
     if curves and all(c.transfer is None for c in curves):
-        raise ValueError(
+        raise InputError(
             f"law '{name}': no CPT run among the {len(curves)} curve(s) (none has a transfer step); a dense --lr "
             "table carries no transfer step: give the runs in a schedules YAML with 'transfer' (docs/fitting.md)"
         )
@@ -69,12 +70,7 @@ class CPTLaw(Law):
         }
 
     def _base(self, P, F):
-        return (
-            P["L0"]
-            + P["A"] * safe_pow(F["S1"], -P["alpha"])
-            - P["C1"] * F["S2_pt"]
-            - P["C2"] * F["S2_cpt"]
-        )
+        return P["L0"] + P["A"] * safe_pow(F["S1"], -P["alpha"]) - P["C1"] * F["S2_pt"] - P["C2"] * F["S2_cpt"]
 
     def predict(self, P, F: Features):
         with np.errstate(over="ignore", invalid="ignore"):

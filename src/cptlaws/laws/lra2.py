@@ -81,8 +81,9 @@ class LRA2Law(Law):
     uses_lambda = False
     description = "two-timescale LR-annealing law L0 + A*S1^-alpha - C1*S2(1-k1) - C2*S2(1-k2)"
 
-    def __init__(self, s1_scaling: bool = True, lr_power: float = 1.0, warmup_rise: bool = False,
-                 s1_power: float | str = 1.0):
+    def __init__(
+        self, s1_scaling: bool = True, lr_power: float = 1.0, warmup_rise: bool = False, s1_power: float | str = 1.0
+    ):
         self.s1_scaling = bool(s1_scaling)
         self.lr_power = float(lr_power)
         # warmup_rise: the warm-up LR rise enters S2 as negative decrements (it is not zeroed)
@@ -112,15 +113,31 @@ class LRA2Law(Law):
         return values
 
     def bounds(self, y):
-        return {"L0": (0.0, float(np.max(y))), "A": (1e-6, 1e4), "alpha": (1e-4, 5.0), "C1": (1e-8, 1e4),
-                "k1": (1e-5, 0.5), "C2": (1e-8, 1e4), "k2": (1e-5, 0.5), "zeta": (1e-4, 3.0),
-                "q": (0.05, 3.0)}
+        return {
+            "L0": (0.0, float(np.max(y))),
+            "A": (1e-6, 1e4),
+            "alpha": (1e-4, 5.0),
+            "C1": (1e-8, 1e4),
+            "k1": (1e-5, 0.5),
+            "C2": (1e-8, 1e4),
+            "k2": (1e-5, 0.5),
+            "zeta": (1e-4, 3.0),
+            "q": (0.05, 3.0),
+        }
 
     def start_box(self, y):
         lo = float(np.min(y))
-        return {"L0": (0.5 * lo, lo), "A": (0.05, 5.0), "alpha": (0.05, 1.5), "C1": (0.01, 10.0),
-                "k1": (1e-3, 3e-2), "C2": (0.001, 10.0), "k2": (2e-5, 1e-3), "zeta": (0.01, 1.0),
-                "q": (0.4, 1.2)}
+        return {
+            "L0": (0.5 * lo, lo),
+            "A": (0.05, 5.0),
+            "alpha": (0.05, 1.5),
+            "C1": (0.01, 10.0),
+            "k1": (1e-3, 3e-2),
+            "C2": (0.001, 10.0),
+            "k2": (2e-5, 1e-3),
+            "zeta": (0.01, 1.0),
+            "q": (0.4, 1.2),
+        }
 
     def features(self, curves, lam, warmup_as_peak=True):
         segs, S1, lnr = [], [], []

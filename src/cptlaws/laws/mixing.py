@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from cptlaws.errors import InputError
 from cptlaws.laws.base import Features, Law
 
 
@@ -17,11 +18,15 @@ class MixingLaw(Law):
     def check_curves(self, curves):
         for c in curves:
             if c.ratio is None or not np.isfinite(c.ratio):
-                raise ValueError(f"law 'mixing': run '{c.run_id}' needs a mixture ratio, got {c.ratio!r}")
+                raise InputError(f"law 'mixing': run '{c.run_id}' needs a mixture ratio, got {c.ratio!r}")
 
     def bounds(self, y):
         span = float(np.max(y) - np.min(y)) + 1.0
-        return {"c": (-10 * float(np.max(y)), 10 * float(np.max(y))), "k": (-100 * span, 100 * span), "t": (-30.0, 30.0)}
+        return {
+            "c": (-10 * float(np.max(y)), 10 * float(np.max(y))),
+            "k": (-100 * span, 100 * span),
+            "t": (-30.0, 30.0),
+        }
 
     def start_box(self, y):
         lo, hi = float(np.min(y)), float(np.max(y))

@@ -20,6 +20,7 @@ import numpy as np
 from scipy import sparse
 
 from cptlaws.areas import effective_lrs
+from cptlaws.errors import ConfigError
 from cptlaws.laws.base import Features, Law, safe_pow
 
 
@@ -58,7 +59,7 @@ class MPLLaw(Law):
 
     def __init__(self, block: int = 8, warmup_ld: bool = False, warmup_block: int | None = None):
         if int(block) < 1:
-            raise ValueError(f"law 'mpl': block = {block!r} must be >= 1")
+            raise ConfigError(f"law 'mpl': block = {block!r} must be >= 1")
         self.block = int(block)
         # warmup_ld: the LD sum also runs over the warm-up LR rise (eta_{k-1} - eta_k < 0 there), as the
         # public MPL code does (it sums over every k >= 1); this adds a slowly saturating loss *increase*
@@ -73,15 +74,25 @@ class MPLLaw(Law):
 
     def bounds(self, y):
         return {
-            "L0": (0.0, float(np.max(y))), "A": (1e-6, 1e4), "alpha": (1e-4, 5.0), "B": (1e-4, 1e6),
-            "C": (1e-6, 1e4), "beta": (1e-4, 10.0), "gamma": (1e-4, 3.0),
+            "L0": (0.0, float(np.max(y))),
+            "A": (1e-6, 1e4),
+            "alpha": (1e-4, 5.0),
+            "B": (1e-4, 1e6),
+            "C": (1e-6, 1e4),
+            "beta": (1e-4, 10.0),
+            "gamma": (1e-4, 3.0),
         }
 
     def start_box(self, y):
         lo = float(np.min(y))
         return {
-            "L0": (0.5 * lo, lo), "A": (0.05, 5.0), "alpha": (0.05, 1.5), "B": (10.0, 5000.0),
-            "C": (0.05, 20.0), "beta": (0.05, 2.0), "gamma": (0.05, 1.2),
+            "L0": (0.5 * lo, lo),
+            "A": (0.05, 5.0),
+            "alpha": (0.05, 1.5),
+            "B": (10.0, 5000.0),
+            "C": (0.05, 20.0),
+            "beta": (0.05, 2.0),
+            "gamma": (0.05, 1.2),
         }
 
     def features(self, curves, lam, warmup_as_peak=True):

@@ -15,6 +15,7 @@ import math
 
 import numpy as np
 
+from cptlaws.errors import ConfigError
 from cptlaws.laws.base import Features, Law, safe_pow
 from cptlaws.laws.cpt import require_cpt_run, shift_jac, shift_term
 
@@ -30,7 +31,7 @@ class ReplayLaw(Law):
 
     def __init__(self, split_role: str = "general"):
         if split_role not in ROLES:
-            raise ValueError(f"law '{self.name}': split_role = {split_role!r} must be one of {', '.join(ROLES)}")
+            raise ConfigError(f"law '{self.name}': split_role = {split_role!r} must be one of {', '.join(ROLES)}")
         self.split_role = split_role
 
     def options(self):
@@ -39,22 +40,38 @@ class ReplayLaw(Law):
     def check_curves(self, curves):
         for c in curves:
             if c.ratio is None or not 0.0 <= float(c.ratio) <= 1.0:
-                raise ValueError(f"law '{self.name}': run '{c.run_id}' needs a replay ratio r_cpt in [0, 1], got {c.ratio!r}")
+                raise ConfigError(
+                    f"law '{self.name}': run '{c.run_id}' needs a replay ratio r_cpt in [0, 1], got {c.ratio!r}"
+                )
         require_cpt_run(self.name, curves)
 
     def bounds(self, y):
         return {
-            "L0": (0.0, float(np.max(y))), "A": (1e-6, 1e4), "alpha": (1e-4, 5.0), "C1": (1e-8, 1e4),
-            "C2": (1e-8, 1e4), "B": (-20.0, 20.0), "E": (1e-4, 1e7), "beta": (1e-4, 10.0),
-            "a1": (-20.0, 20.0), "a2": (1e-4, 50.0),
+            "L0": (0.0, float(np.max(y))),
+            "A": (1e-6, 1e4),
+            "alpha": (1e-4, 5.0),
+            "C1": (1e-8, 1e4),
+            "C2": (1e-8, 1e4),
+            "B": (-20.0, 20.0),
+            "E": (1e-4, 1e7),
+            "beta": (1e-4, 10.0),
+            "a1": (-20.0, 20.0),
+            "a2": (1e-4, 50.0),
         }
 
     def start_box(self, y):
         lo = float(np.min(y))
         return {
-            "L0": (0.5 * lo, lo), "A": (0.05, 5.0), "alpha": (0.05, 1.5), "C1": (0.01, 5.0),
-            "C2": (0.01, 5.0), "B": (-1.5, 1.5), "E": (0.1, 1e4), "beta": (0.02, 2.0),
-            "a1": (-3.0, 3.0), "a2": (0.05, 10.0),
+            "L0": (0.5 * lo, lo),
+            "A": (0.05, 5.0),
+            "alpha": (0.05, 1.5),
+            "C1": (0.01, 5.0),
+            "C2": (0.01, 5.0),
+            "B": (-1.5, 1.5),
+            "E": (0.1, 1e4),
+            "beta": (0.02, 2.0),
+            "a1": (-3.0, 3.0),
+            "a2": (0.05, 10.0),
         }
 
     def warm_starts(self, curves, fit):
@@ -79,8 +96,15 @@ class ReplayLaw(Law):
         for a2 in self.warm_a2:
             mix = float(self._mix(a2, top)[0])
             for a1 in (-1.0, 0.0, 1.0):
-                out.append({**base, "B": float(np.clip(base["B"] / mix, -20.0, 20.0)), "a1": a1, "a2": a2,
-                            "C2": base["C2"] * math.exp(-a1 * self._factors(top))})
+                out.append(
+                    {
+                        **base,
+                        "B": float(np.clip(base["B"] / mix, -20.0, 20.0)),
+                        "a1": a1,
+                        "a2": a2,
+                        "C2": base["C2"] * math.exp(-a1 * self._factors(top)),
+                    }
+                )
         return out
 
     def _factors(self, r):
@@ -105,8 +129,11 @@ class ReplayLaw(Law):
             sh = shift_term(P["B"], P["E"], P["beta"], F["S1_cpt"])[0]
             mix = self._mix(P["a2"], r)[0]
             return (
-                P["L0"] + P["A"] * safe_pow(F["S1"], -P["alpha"]) - P["C1"] * F["S2_pt"]
-                - P["C2"] * F["S2_cpt"] * np.exp(P["a1"] * self._factors(r)) + sh * mix
+                P["L0"]
+                + P["A"] * safe_pow(F["S1"], -P["alpha"])
+                - P["C1"] * F["S2_pt"]
+                - P["C2"] * F["S2_cpt"] * np.exp(P["a1"] * self._factors(r))
+                + sh * mix
             )
 
     def value_jac(self, p, F: Features):
@@ -168,4 +195,3 @@ class ReplayFlexLaw(ReplayLaw):
             val = num / den
             dval = (r * np.exp(a * r) * den - num * np.exp(a)) / (den * den)
         return np.where(small, r, val), np.where(small, 0.5 * r * (r - 1.0), dval)
-

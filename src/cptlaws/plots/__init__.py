@@ -7,13 +7,14 @@ markdown tables, and ``manifest.json`` listing what was written and what was ski
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
+from cptlaws.errors import InputError
 from cptlaws.io import write_json
 
 from .common import FigureSkipped
-from .inputs import PlotInputError, Study, load_study
+from .inputs import StudyOutputs, load_outputs
 from .style import styled
 
 log = logging.getLogger("cptlaws.plots")
@@ -50,7 +51,7 @@ FIGURE_NAMES = (
 TABLE_NAMES = ("tab_params", "tab_heldout")
 
 
-def render(study: Study, name: str, out_dir: str | Path) -> list[Path]:
+def render(study: StudyOutputs, name: str, out_dir: str | Path) -> list[Path]:
     """Render one figure; raises FigureSkipped when its inputs are absent."""
     from .style import save
 
@@ -60,7 +61,7 @@ def render(study: Study, name: str, out_dir: str | Path) -> list[Path]:
         return save(fig, out_dir, name)
 
 
-def render_all(study: Study, out_dir: str | Path, only=None) -> dict:
+def render_all(study: StudyOutputs, out_dir: str | Path, only=None) -> dict:
     """Every figure and table that the inputs allow; returns (and writes) the manifest."""
     from .tables import write_tables
 
@@ -86,5 +87,13 @@ def render_all(study: Study, out_dir: str | Path, only=None) -> dict:
     return manifest
 
 
-__all__ = ["FIGURE_NAMES", "TABLE_NAMES", "FigureSkipped", "PlotInputError", "Study", "load_study", "render",
-           "render_all"]
+__all__ = [
+    "FIGURE_NAMES",
+    "TABLE_NAMES",
+    "FigureSkipped",
+    "InputError",
+    "StudyOutputs",
+    "load_outputs",
+    "render",
+    "render_all",
+]

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+
 import numpy as np
 import pandas as pd
 
-from .inputs import Study
-from .lawcurves import LawError, RunSchedule, law_curve, run_schedules
+from cptlaws.errors import InputError
+
+from .inputs import StudyOutputs
+from .lawcurves import RunSchedule, law_curve, run_schedules
 
 log = logging.getLogger("cptlaws.plots")
 
@@ -21,7 +24,7 @@ class FigureSkipped(Exception):
     """A figure cannot be drawn from the available inputs; the message says which input is missing."""
 
 
-def need(study: Study, *what: str) -> None:
+def need(study: StudyOutputs, *what: str) -> None:
     missing = []
     for w in what:
         val = getattr(study, w)
@@ -55,12 +58,12 @@ def history_label(row) -> str:
     return txt
 
 
-def transfer_steps(study: Study) -> list[int]:
+def transfer_steps(study: StudyOutputs) -> list[int]:
     t = study.cpt_runs()["transfer_step"].dropna()
     return sorted({int(x) for x in t})
 
 
-def main_branch(study: Study, domain: str | None = None) -> pd.DataFrame:
+def main_branch(study: StudyOutputs, domain: str | None = None) -> pd.DataFrame:
     """CPT runs of the most common (PT parent, transfer step, CPT peak LR): the ratio x schedule grid."""
     cpt = study.cpt_runs()
     if domain is not None:
@@ -71,13 +74,13 @@ def main_branch(study: Study, domain: str | None = None) -> pd.DataFrame:
     return cpt[key == key.value_counts().index[0]]
 
 
-def final_losses(study: Study) -> pd.DataFrame:
+def final_losses(study: StudyOutputs) -> pd.DataFrame:
     """Last eval point of every (run, split): run_id, split, step, loss."""
     c = study.curves.sort_values(["run_id", "split", "step"])
     return c.groupby(["run_id", "split"], as_index=False).last()[["run_id", "split", "step", "loss"]]
 
 
-def choose_fit(study: Study, run_id: str, split: str, laws=None) -> dict | None:
+def choose_fit(study: StudyOutputs, run_id: str, split: str, laws=None) -> dict | None:
     """The fit to overlay on (run, split): a fit whose fitted/held-out runs include the run (the most
     specific law first, LAW_PREFERENCE); ``laws`` restricts the choice."""
     fits = study.fits_for(split, run_id, laws)
@@ -87,7 +90,7 @@ def choose_fit(study: Study, run_id: str, split: str, laws=None) -> dict | None:
     return min(fits, key=lambda f: (rank.get(f["law"], 99), f.get("_path", "")))
 
 
-def schedules(study: Study) -> dict[str, RunSchedule]:
+def schedules(study: StudyOutputs) -> dict[str, RunSchedule]:
     """LR histories of every run (cached on the study object: several figures need them)."""
     cache = getattr(study, "_schedules", None)
     if cache is None:
@@ -96,7 +99,7 @@ def schedules(study: Study) -> dict[str, RunSchedule]:
     return cache
 
 
-def law_for_run(study: Study, run_id: str, split: str, steps=None):
+def law_for_run(study: StudyOutputs, run_id: str, split: str, steps=None):
     """(steps, prediction, fit) of the chosen fit along the run, or None when no fit covers it."""
     fit = choose_fit(study, run_id, split)
     sched = schedules(study).get(run_id)
@@ -104,7 +107,7 @@ def law_for_run(study: Study, run_id: str, split: str, steps=None):
         return None
     try:
         s, pred = law_curve(fit, sched, steps)
-    except LawError as exc:  # e.g. a law that needs an input this run lacks: draw the data without it
+    except InputError as exc:  # e.g. a law that needs an input this run lacks: draw the data without it
         log.warning("%s", exc)
         return None
     return s, pred, fit

@@ -13,8 +13,10 @@ import numpy as np
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from .common import FigureSkipped, need
-from .inputs import PlotInputError, Study
+from cptlaws.errors import InputError
+
+from .common import need
+from .inputs import StudyOutputs
 from .style import COL2, GREY, LAW_COLOR, OKABE_ITO, panel_label
 
 log = logging.getLogger("cptlaws.plots")
@@ -63,7 +65,7 @@ def cmr_view(obj: dict) -> dict:
             "law": obj.get("cmr_law") or {},
         }
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise PlotInputError(f"{where}: CMR result lacks or mangles key {exc}") from None
+        raise InputError(f"{where}: CMR result lacks or mangles key {exc}") from None
     return v
 
 
@@ -110,8 +112,16 @@ def draw_cmr_ratio(ax, v: dict, which: str) -> None:
     ax.plot(R, L, "o", color=GEN_COLOR if gen else DOM_COLOR, ms=4, zorder=3)
     if v["cmr"] is not None:
         ax.axvline(v["cmr"], color=FEASIBLE_COLOR, lw=1.1)
-        ax.text(v["cmr"], 1.0, f" CMR {v['cmr']:.2f}", transform=ax.get_xaxis_transform(), ha="left", va="top",
-                fontsize=6.5, color=FEASIBLE_COLOR)
+        ax.text(
+            v["cmr"],
+            1.0,
+            f" CMR {v['cmr']:.2f}",
+            transform=ax.get_xaxis_transform(),
+            ha="left",
+            va="top",
+            fontsize=6.5,
+            color=FEASIBLE_COLOR,
+        )
     ys = np.concatenate([L, [l0], [l0 + v["eps"]] if gen else []])
     pad = 0.12 * (ys.max() - ys.min() or 0.1)
     ax.set_ylim(ys.min() - pad, ys.max() + pad)
@@ -144,8 +154,16 @@ def draw_cmr_tokens(ax, v: dict) -> None:
         ax.plot(t_fit, y_fit, color=LAW_COLOR, lw=0.9)
         ax.plot(t_ext, y_ext, color=LAW_COLOR, lw=0.9, ls="--")
     elif v["law"].get("error"):
-        ax.text(0.03, 0.97, "CMR law not fitted:\n" + _wrap(v["law"]["error"], 38), transform=ax.transAxes,
-                ha="left", va="top", fontsize=5.5, color=GREY)
+        ax.text(
+            0.03,
+            0.97,
+            "CMR law not fitted:\n" + _wrap(v["law"]["error"], 38),
+            transform=ax.transAxes,
+            ha="left",
+            va="top",
+            fontsize=5.5,
+            color=GREY,
+        )
     ax.set_xlim(0, EXTRAPOLATE * tmax * 1.02)
     ax.set_xlabel("CPT tokens $T$")
     ax.set_ylabel("critical mixture ratio")
@@ -176,12 +194,16 @@ def legend_handles(eps: float) -> list:
     ]
 
 
-def fig_cmr(study: Study):
+def fig_cmr(study: StudyOutputs):
     need(study, "cmr")
     views = [cmr_view(o) for o in study.cmr]
     if len(views) > MAX_ROWS:
-        log.warning("fig6_cmr: %d CMR analyses, drawing the first %d (%s)", len(views), MAX_ROWS,
-                    ", ".join(v["where"] for v in views[MAX_ROWS:]))
+        log.warning(
+            "fig6_cmr: %d CMR analyses, drawing the first %d (%s)",
+            len(views),
+            MAX_ROWS,
+            ", ".join(v["where"] for v in views[MAX_ROWS:]),
+        )
         views = views[:MAX_ROWS]
     fig = plt.figure(figsize=(COL2, 2.05 * len(views) + 0.75), layout="constrained")
     rows = np.atleast_1d(fig.subfigures(len(views) + 1, 1, height_ratios=[2.05] * len(views) + [0.75]))

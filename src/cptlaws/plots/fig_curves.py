@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
 import matplotlib.pyplot as plt
+import numpy as np
 from matplotlib.lines import Line2D
 
 from .common import (
-    LOSS_LABEL,
     STEP_LABEL,
     FigureSkipped,
     choose_fit,
@@ -18,24 +17,23 @@ from .common import (
     schedules,
     split_label,
     thin,
-    transfer_steps,
 )
-from .inputs import Study
+from .inputs import StudyOutputs
 from .lawcurves import DRAWABLE_LAWS, decompose
 from .style import COL2, GREY, LAW_COLOR, LINESTYLES, figure, ordered_colors, palette, panel_label
 
 
-def _ratio_colors(study: Study) -> dict[float, str]:
+def _ratio_colors(study: StudyOutputs) -> dict[float, str]:
     ratios = sorted(study.cpt_runs()["ratio"].astype(float).unique())
     return dict(zip(ratios, ordered_colors(len(ratios))))
 
 
-def _style_maps(study: Study):
+def _style_maps(study: StudyOutputs):
     scheds = sorted(study.cpt_runs()["cpt_schedule"].unique())
     return dict(zip(scheds, LINESTYLES * 4))
 
 
-def _pt_colors(study: Study) -> dict[str, str]:
+def _pt_colors(study: StudyOutputs) -> dict[str, str]:
     pts = list(study.runs[study.runs["phase"] == "pt"]["run_id"])
     return dict(zip(pts, PT_SHADES * 4))
 
@@ -43,7 +41,7 @@ def _pt_colors(study: Study) -> dict[str, str]:
 PT_SHADES = ["#3a3a3a", "#a0a0a0", "#6b6b6b", "#c8c8c8"]
 
 
-def draw_loss_panel(ax, study: Study, domain: str, split: str, law: bool = True, subset: str = "main") -> list:
+def draw_loss_panel(ax, study: StudyOutputs, domain: str, split: str, law: bool = True, subset: str = "main") -> list:
     """Runs of ``domain`` (plus the PT runs) on validation set ``split``: points = observed, lines = law.
 
     ``subset``: "main" = the ratio x CPT-schedule grid of the most common branch (colour = ratio, line style =
@@ -106,18 +104,22 @@ def _other_label(row) -> str:
     return txt
 
 
-def legend_handles(study: Study, law: bool = True) -> list:
+def legend_handles(study: StudyOutputs, law: bool = True) -> list:
     """Encodings of the main-grid panels: ratio colours, CPT schedule line styles, markers, transfer."""
     colors, styles = _ratio_colors(study), _style_maps(study)
     h = [Line2D([], [], color=c, lw=2, label=f"$r={r:g}$") for r, c in colors.items()]
-    h += [Line2D([], [], color="black", ls=ls, lw=0.9, label=f"CPT {name}" + (" (law)" if law else ""))
-          for name, ls in styles.items()]
-    h += [Line2D([], [], color="#4d4d4d", ls="none", marker=".", ms=4, label="observed"),
-          Line2D([], [], color=GREY, ls=":", lw=0.8, label="PT$\\to$CPT transfer")]
+    h += [
+        Line2D([], [], color="black", ls=ls, lw=0.9, label=f"CPT {name}" + (" (law)" if law else ""))
+        for name, ls in styles.items()
+    ]
+    h += [
+        Line2D([], [], color="#4d4d4d", ls="none", marker=".", ms=4, label="observed"),
+        Line2D([], [], color=GREY, ls=":", lw=0.8, label="PT$\\to$CPT transfer"),
+    ]
     return h
 
 
-def fig_loss_curves(study: Study):
+def fig_loss_curves(study: StudyOutputs):
     need(study, "runs", "curves")
     domains = study.domains()
     if not domains:
@@ -148,21 +150,28 @@ def fig_loss_curves(study: Study):
                 own.setdefault(h.get_label(), h)
             ax2[j].set_ylabel(f"{split_label(split)} loss\n(CPT on {d}; nats/token)")
             panel_label(ax2[j], next(letters))
-        sf.legend(handles=list(own.values()), loc="outside lower center", ncols=2,
-                  title=f"other CPT runs on {d} (points: observed; lines: law)", title_fontproperties={"size": 7})
+        sf.legend(
+            handles=list(own.values()),
+            loc="outside lower center",
+            ncols=2,
+            title=f"other CPT runs on {d} (points: observed; lines: law)",
+            title_fontproperties={"size": 7},
+        )
     return fig
 
 
-def representative_run(study: Study, domain: str):
+def representative_run(study: StudyOutputs, domain: str):
     """The decomposition example: the main-branch run with the highest domain ratio that has a fit."""
     main = main_branch(study, domain).sort_values(["ratio", "cpt_schedule"], ascending=[False, True])
     for row in main.itertuples(index=False):
-        if choose_fit(study, row.run_id, "general", DRAWABLE_LAWS) or choose_fit(study, row.run_id, domain, DRAWABLE_LAWS):
+        if choose_fit(study, row.run_id, "general", DRAWABLE_LAWS) or choose_fit(
+            study, row.run_id, domain, DRAWABLE_LAWS
+        ):
             return row
     return None
 
 
-def draw_decomposition(ax_loss, ax_shift, study: Study, row, split: str, legend: bool = True):
+def draw_decomposition(ax_loss, ax_shift, study: StudyOutputs, row, split: str, legend: bool = True):
     fit = choose_fit(study, row.run_id, split, DRAWABLE_LAWS)
     sched = schedules(study).get(row.run_id)
     if fit is None or sched is None:
@@ -173,13 +182,15 @@ def draw_decomposition(ax_loss, ax_shift, study: Study, row, split: str, legend:
     steps = np.arange(max(1, int(0.05 * T)), sched.lrs.size + 1)
     hidden, shift = decompose(fit, areas.at(steps), sched.ratio)
     obs = study.curves[(study.curves["run_id"] == row.run_id) & (study.curves["split"] == split)].sort_values("step")
-    parent = study.curves[(study.curves["run_id"] == row.parent) & (study.curves["split"] == split)
-                          & (study.curves["step"] <= T)].sort_values("step")
+    parent = study.curves[
+        (study.curves["run_id"] == row.parent) & (study.curves["split"] == split) & (study.curves["step"] <= T)
+    ].sort_values("step")
     cpt = steps >= T
     c_obs, c_law, c_hid, c_shift = "#0072B2", LAW_COLOR, "#D55E00", "#009E73"
     if not parent.empty:
-        ax_loss.plot(parent["step"][1:], parent["loss"][1:], ".", ms=3, color="#555555", mew=0,
-                     label="observed (PT parent)")
+        ax_loss.plot(
+            parent["step"][1:], parent["loss"][1:], ".", ms=3, color="#555555", mew=0, label="observed (PT parent)"
+        )
     ax_loss.plot(obs["step"], obs["loss"], ".", ms=2.6, color=c_obs, mew=0, label="observed (CPT)")
     x, h, sh = thin(steps, hidden, shift)
     ax_loss.plot(x, h + sh, color=c_law, lw=0.9, label="law $L$")
@@ -206,7 +217,7 @@ def draw_decomposition(ax_loss, ax_shift, study: Study, row, split: str, legend:
     return fit
 
 
-def fig_decomposition(study: Study):
+def fig_decomposition(study: StudyOutputs):
     need(study, "runs", "curves", "lrs", "fits")
     domains = [d for d in study.domains() if representative_run(study, d) is not None]
     if not domains:
@@ -222,7 +233,12 @@ def fig_decomposition(study: Study):
         panel_label(axes[1, j], "cd"[j])
     h1, l1 = axes[0, 0].get_legend_handles_labels()
     h2, l2 = axes[1, 0].get_legend_handles_labels()
-    fig.legend(h1 + h2, l1 + l2, loc="outside lower center", ncols=6,
-               title=f"run {row.run_id} (CPT on {d}, $r={row.ratio:g}$); dotted line: transfer",
-               title_fontproperties={"size": 7})
+    fig.legend(
+        h1 + h2,
+        l1 + l2,
+        loc="outside lower center",
+        ncols=6,
+        title=f"run {row.run_id} (CPT on {d}, $r={row.ratio:g}$); dotted line: transfer",
+        title_fontproperties={"size": 7},
+    )
     return fig

@@ -15,11 +15,12 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
-from cptlaws.schedules import ScheduleError, lr_array, phase_lrs
+from cptlaws.errors import InputError, ScheduleError
+from cptlaws.schedules import lr_array, phase_lrs
 
 from .common import FigureSkipped, choose_fit, final_losses, fmt_lr, law_for_run, need, schedules, split_label
-from .inputs import Study
-from .lawcurves import LawError, RunSchedule, law_curve
+from .inputs import StudyOutputs
+from .lawcurves import RunSchedule, law_curve
 from .style import COL2, LAW_COLOR, figure, palette, panel_label
 
 FACTORS = {
@@ -30,7 +31,7 @@ FACTORS = {
 CONTEXT = ("domain", "cpt_schedule", "steps", "ratio", "cpt_peak_lr", "loss_potential")
 
 
-def factor_group(study: Study, factor: str) -> pd.DataFrame:
+def factor_group(study: StudyOutputs, factor: str) -> pd.DataFrame:
     """The largest set of finished CPT runs that share every other factor and differ in ``factor``."""
     cpt = study.cpt_runs()
     cpt = cpt[cpt["status"] == "ok"] if "status" in cpt.columns else cpt
@@ -48,7 +49,7 @@ def _spec(text) -> dict:
     return json.loads(text) if isinstance(text, str) and text else {}
 
 
-def _rebuild(study: Study, ref, *, peak_scale: float = 1.0, transfer: int | None = None) -> RunSchedule | None:
+def _rebuild(study: StudyOutputs, ref, *, peak_scale: float = 1.0, transfer: int | None = None) -> RunSchedule | None:
     """The reference run's LR history with the CPT peak scaled or the branch moved; None if not rebuildable."""
     parent = study.runs[study.runs["run_id"] == ref.parent]
     pt_spec, cpt_spec = _spec(ref.schedule_json), _spec(getattr(ref, "cpt_schedule_json", ""))
@@ -67,7 +68,7 @@ def _rebuild(study: Study, ref, *, peak_scale: float = 1.0, transfer: int | None
     return replace(base, lrs=lrs, transfer=t)
 
 
-def _law_line(study: Study, factor: str, group: pd.DataFrame, split: str, fit: dict):
+def _law_line(study: StudyOutputs, factor: str, group: pd.DataFrame, split: str, fit: dict):
     """(x, y) of the law along the factor, or None when the law cannot interpolate it."""
     ref = group.sort_values(factor).iloc[len(group) // 2]
     base = schedules(study).get(ref.run_id)
@@ -105,8 +106,16 @@ def _law_line(study: Study, factor: str, group: pd.DataFrame, split: str, fit: d
     return np.asarray(xs)[order], np.asarray(ys)[order]
 
 
-def draw_effect(ax, study: Study, factor: str, split_kind: str, group: pd.DataFrame, finals: pd.DataFrame,
-                color: str, legend: bool = False) -> bool:
+def draw_effect(
+    ax,
+    study: StudyOutputs,
+    factor: str,
+    split_kind: str,
+    group: pd.DataFrame,
+    finals: pd.DataFrame,
+    color: str,
+    legend: bool = False,
+) -> bool:
     """One panel; returns False when the group has no data for this split."""
     domain = group["domain"].iloc[0]
     split = "general" if split_kind == "general" else domain
@@ -128,7 +137,7 @@ def draw_effect(ax, study: Study, factor: str, split_kind: str, group: pd.DataFr
         fit = choose_fit(study, rows[0].run_id, split)
         try:
             line = _law_line(study, factor, group, split, fit) if fit else None
-        except (LawError, ScheduleError):
+        except (InputError, ScheduleError):
             line = None
         if line is None:  # connect the law's values at the runs
             o = np.argsort(px)
@@ -157,7 +166,7 @@ def _context(group: pd.DataFrame, factor: str) -> str:
     return ", ".join(parts)
 
 
-def fig_effects(study: Study):
+def fig_effects(study: StudyOutputs):
     need(study, "runs", "curves")
     groups = {f: factor_group(study, f) for f in FACTORS}
     groups = {f: g for f, g in groups.items() if len(g)}

@@ -6,8 +6,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .common import LOSS_LABEL, STEP_LABEL, need, split_label
-from .inputs import Study
+from .common import STEP_LABEL, need, split_label
+from .inputs import StudyOutputs
 from .style import COL2, GREY, palette, panel_label
 
 MAX_CURVES = 4  # per panel: more bands on one axis become unreadable
@@ -34,7 +34,7 @@ def first_check(pred: pd.DataFrame) -> pd.DataFrame:
     return pred[pred["check"] == n.idxmax()]
 
 
-def study_law_predictions(study: Study) -> pd.DataFrame:
+def study_law_predictions(study: StudyOutputs) -> pd.DataFrame:
     """Held-out predictions of the checks that use a law the study fits: a check kept only to compare with
     another law (e.g. Eq. 8 against the study's replay law) would otherwise fill the pooled parity and
     residual panels with a law the study does not use."""
@@ -81,8 +81,15 @@ def draw_parity(ax, pred: pd.DataFrame, legend: bool = True) -> None:
     err = (pred["pred"] - pred["loss"]).to_numpy()
     obs = pred["loss"].to_numpy()
     r2 = 1 - np.sum(err**2) / np.sum((obs - obs.mean()) ** 2)
-    ax.text(0.97, 0.03, f"MAE {np.mean(np.abs(err)):.4f}\n$R^2$ {r2:.4f}\n{len(err)} points", transform=ax.transAxes,
-            ha="right", va="bottom", fontsize=6.5)
+    ax.text(
+        0.97,
+        0.03,
+        f"MAE {np.mean(np.abs(err)):.4f}\n$R^2$ {r2:.4f}\n{len(err)} points",
+        transform=ax.transAxes,
+        ha="right",
+        va="bottom",
+        fontsize=6.5,
+    )
     ax.set_xlim(lo - pad, hi + pad)
     ax.set_ylim(lo - pad, hi + pad)
     ax.set_aspect("equal", adjustable="box")
@@ -107,11 +114,10 @@ def draw_residuals(ax, pred: pd.DataFrame, legend: bool = False) -> None:
         ax.legend(loc="best")
 
 
-def fig_heldout(study: Study):
+def fig_heldout(study: StudyOutputs):
     need(study, "predictions")
     pred = study.predictions
     shown = first_check(pred)
-    splits = _splits(pred)
     curve_splits = _splits(shown)[:2]
     has_band = bool(np.isfinite(shown["pred_lo"].to_numpy(float)).any())
     fig = plt.figure(figsize=(COL2, 5.2), layout="constrained")
@@ -123,11 +129,16 @@ def fig_heldout(study: Study):
     for ax in axes_top:
         for h, lab in zip(*ax.get_legend_handles_labels()):
             runs.setdefault(lab, h)
-    top.legend(list(runs.values()), list(runs.keys()), loc="outside lower center", ncols=2,
-               title=("check " + str(shown["check"].iloc[0]) + ": " if "check" in shown.columns else "")
-               + "held-out runs (points: observed; line: prediction"
-               + ("; band: 95 % bootstrap)" if has_band else "; no bootstrap band in the input)"),
-               title_fontproperties={"size": 7})
+    top.legend(
+        list(runs.values()),
+        list(runs.keys()),
+        loc="outside lower center",
+        ncols=2,
+        title=("check " + str(shown["check"].iloc[0]) + ": " if "check" in shown.columns else "")
+        + "held-out runs (points: observed; line: prediction"
+        + ("; band: 95 % bootstrap)" if has_band else "; no bootstrap band in the input)"),
+        title_fontproperties={"size": 7},
+    )
     axes_bot = bottom.subplots(1, 2)
     pooled = study_law_predictions(study)
     draw_parity(axes_bot[0], pooled, legend=False)

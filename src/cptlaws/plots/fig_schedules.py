@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import hashlib
 
+import matplotlib.pyplot as plt
 import numpy as np
 
 from .common import STEP_LABEL, history_label, need, schedules, thin
-from .inputs import Study
-import matplotlib.pyplot as plt
-
+from .inputs import StudyOutputs
 from .style import COL2, palette, panel_label, sci_scale
 
 AREA_LAMBDA = 0.999
 
 
-def unique_histories(study: Study, phase: str, limit: int = 8):
+def unique_histories(study: StudyOutputs, phase: str, limit: int = 8):
     """One representative run per distinct LR history (ratios and domains share histories)."""
     scheds = schedules(study)
     seen, out = set(), []
@@ -30,7 +29,7 @@ def unique_histories(study: Study, phase: str, limit: int = 8):
     return out[:limit]
 
 
-def draw_lr(ax, study: Study, phase: str, legend: bool = True, lam: float = AREA_LAMBDA):
+def draw_lr(ax, study: StudyOutputs, phase: str, legend: bool = True, lam: float = AREA_LAMBDA):
     """LR against step of every distinct history of a phase; transfer points marked."""
     items = unique_histories(study, phase)
     colors = palette(len(items))
@@ -40,8 +39,9 @@ def draw_lr(ax, study: Study, phase: str, legend: bool = True, lam: float = AREA
         x, y = thin(x, s.lrs / div)
         ax.plot(x, y, color=c, label=history_label(row))
         if s.transfer:
-            ax.plot([s.transfer], [s.lrs[s.transfer - 1] / div], marker="o", ms=3, color=c, mec="white", mew=0.4,
-                    zorder=3)
+            ax.plot(
+                [s.transfer], [s.lrs[s.transfer - 1] / div], marker="o", ms=3, color=c, mec="white", mew=0.4, zorder=3
+            )
     ax.set_xlabel(STEP_LABEL)
     ax.set_ylabel(r"LR $\eta$" + unit)
     ax.set_ylim(bottom=0)
@@ -50,7 +50,7 @@ def draw_lr(ax, study: Study, phase: str, legend: bool = True, lam: float = AREA
     return items, colors
 
 
-def fig_schedules(study: Study, lam: float = AREA_LAMBDA):
+def fig_schedules(study: StudyOutputs, lam: float = AREA_LAMBDA):
     need(study, "runs", "lrs")
     phases = [p for p in ("pt", "cpt") if unique_histories(study, p)]
     n_items = {p: len(unique_histories(study, p)) for p in phases}
@@ -62,7 +62,7 @@ def fig_schedules(study: Study, lam: float = AREA_LAMBDA):
     for sf, phase in zip(subfigs, phases):
         axes = sf.subplots(1, 3)
         items, colors = draw_lr(axes[0], study, phase, legend=False)
-        for (row, s), c in zip(items, colors):
+        for (_, s), c in zip(items, colors):
             areas = s.areas(lam)
             x = np.arange(0, s.lrs.size + 1)
             xs, s1, s2 = thin(x, areas.S1, areas.S2)
@@ -80,6 +80,12 @@ def fig_schedules(study: Study, lam: float = AREA_LAMBDA):
         if phase == "pt":
             title = rf"PT runs ($S_1=\sum\eta_i$, $S_2$ with momentum $\lambda={lam:g}$):"
         handles, labels = axes[0].get_legend_handles_labels()
-        sf.legend(handles, labels, loc="outside lower center", ncols=2 if len(labels) > 2 else len(labels),
-                  title=title, title_fontproperties={"size": 7})
+        sf.legend(
+            handles,
+            labels,
+            loc="outside lower center",
+            ncols=2 if len(labels) > 2 else len(labels),
+            title=title,
+            title_fontproperties={"size": 7},
+        )
     return fig

@@ -13,11 +13,11 @@ from .fig_cmr import cmr_view, draw_cmr_ratio, draw_cmr_tokens
 from .fig_cmr import legend_handles as cmr_handles
 from .fig_curves import draw_decomposition, draw_loss_panel, legend_handles, representative_run
 from .fig_heldout import draw_parity, draw_residuals, study_law_predictions
-from .inputs import Study
+from .inputs import StudyOutputs
 from .style import COL2, palette, panel_label, sci_scale
 
 
-def _draw_lr_main(ax, study: Study, domain: str) -> None:
+def _draw_lr_main(ax, study: StudyOutputs, domain: str) -> None:
     """LR histories of the main CPT branch of ``domain`` (one per CPT schedule) and their PT parents."""
     main = main_branch(study, domain).drop_duplicates("cpt_schedule")
     parents = study.runs[study.runs["run_id"].isin(set(main["parent"]))]
@@ -28,8 +28,14 @@ def _draw_lr_main(ax, study: Study, domain: str) -> None:
     for r, c in zip(rows, palette(len(rows))):
         s = scheds[r.run_id]
         x, y = thin(np.arange(1, s.lrs.size + 1), s.lrs / div)
-        ax.plot(x, y, color=c, lw=1.0 if r.phase == "pt" else 1.2, ls="--" if r.phase == "pt" else "-",
-                label=history_label(r))
+        ax.plot(
+            x,
+            y,
+            color=c,
+            lw=1.0 if r.phase == "pt" else 1.2,
+            ls="--" if r.phase == "pt" else "-",
+            label=history_label(r),
+        )
     ax.set_xlabel(STEP_LABEL)
     ax.set_ylabel(r"LR $\eta$" + unit)
     ax.set_ylim(bottom=0)
@@ -42,7 +48,7 @@ def _note(ax, text: str) -> None:
     ax.set_yticks([])
 
 
-def fig_summary(study: Study):
+def fig_summary(study: StudyOutputs):
     need(study, "runs", "curves", "lrs")
     domains = study.domains()
     if not domains:
@@ -66,10 +72,12 @@ def fig_summary(study: Study):
         top.tick_params(labelbottom=False)
         top.set_ylabel(f"{d} loss")
         bot.set_ylabel("shift")
-        handles = [Line2D([], [], color="#0072B2", marker=".", ls="none", ms=4, label="observed"),
-                   Line2D([], [], color="black", lw=0.9, label="law"),
-                   Line2D([], [], color="#D55E00", ls="--", label="hidden PT"),
-                   Line2D([], [], color="#009E73", label="shift term")]
+        handles = [
+            Line2D([], [], color="#0072B2", marker=".", ls="none", ms=4, label="observed"),
+            Line2D([], [], color="black", lw=0.9, label="law"),
+            Line2D([], [], color="#D55E00", ls="--", label="hidden PT"),
+            Line2D([], [], color="#009E73", label="shift term"),
+        ]
         top.legend(handles=handles, loc="upper right", fontsize=5.5, ncols=2)
         panel_label(top, next(letters))
     else:

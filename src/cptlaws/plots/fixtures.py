@@ -28,8 +28,27 @@ from .lawcurves import RunSchedule, law_curve
 
 # The held-out table's columns, as the workflow's check step writes them (cptlaws.study.CHECK_COLUMNS).
 CHECK_COLUMNS = [
-    "check", "kind", "law", "model", "domain", "cpt_peak_lr", "split", "run_id", "n_fit_runs", "n_points",
-    "mae", "rmse", "r2", "mean_rel", "worst_rel", "huber", "metric", "value", "threshold", "passed", "note",
+    "check",
+    "kind",
+    "law",
+    "model",
+    "domain",
+    "cpt_peak_lr",
+    "split",
+    "run_id",
+    "n_fit_runs",
+    "n_points",
+    "mae",
+    "rmse",
+    "r2",
+    "mean_rel",
+    "worst_rel",
+    "huber",
+    "metric",
+    "value",
+    "threshold",
+    "passed",
+    "note",
 ]
 
 PT_STEPS, CPT_STEPS, EVAL_EVERY = 2000, 1000, 50
@@ -70,21 +89,51 @@ _SHIFT = {
 
 def true_fit(domain: str, split: str) -> dict:
     role = "general" if split == "general" else "domain"
-    return {"law": "replay", "law_options": {"split_role": role}, "split": split, "lam": LAM,
-            "params": {**_HIDDEN[split], **_SHIFT[(domain, split)]}}
+    return {
+        "law": "replay",
+        "law_options": {"split_role": role},
+        "split": split,
+        "lam": LAM,
+        "params": {**_HIDDEN[split], **_SHIFT[(domain, split)]},
+    }
 
 
 def _grid() -> list[dict]:
     runs = []
     for name, spec in PT_SCHEDULES.items():
-        runs.append(dict(run_id=f"pt-{name}", phase="pt", parent="", domain="", ratio=0.0, pt_schedule=name,
-                         cpt_schedule="", spec=spec, cpt_spec=None, transfer=None, cpt_peak=np.nan))
+        runs.append(
+            dict(
+                run_id=f"pt-{name}",
+                phase="pt",
+                parent="",
+                domain="",
+                ratio=0.0,
+                pt_schedule=name,
+                cpt_schedule="",
+                spec=spec,
+                cpt_spec=None,
+                transfer=None,
+                cpt_peak=np.nan,
+            )
+        )
 
     def cpt(domain, ratio, sched, parent="const", transfer=1000, peak=PEAK, tag=""):
         rid = f"cpt-{domain}-r{ratio:g}-{sched}-from-{parent}{transfer}{tag}"
-        runs.append(dict(run_id=rid, phase="cpt", parent=f"pt-{parent}", domain=domain, ratio=ratio,
-                         pt_schedule=parent, cpt_schedule=sched, spec=PT_SCHEDULES[parent],
-                         cpt_spec=cpt_schedule(sched, peak), transfer=transfer, cpt_peak=peak))
+        runs.append(
+            dict(
+                run_id=rid,
+                phase="cpt",
+                parent=f"pt-{parent}",
+                domain=domain,
+                ratio=ratio,
+                pt_schedule=parent,
+                cpt_schedule=sched,
+                spec=PT_SCHEDULES[parent],
+                cpt_spec=cpt_schedule(sched, peak),
+                transfer=transfer,
+                cpt_peak=peak,
+            )
+        )
 
     for domain in DOMAINS:
         for ratio in RATIOS:
@@ -116,16 +165,34 @@ def make_fixture_study(root: str | Path, seed: int = 0) -> dict[str, Path]:
         sched = RunSchedule(r["run_id"], lrs, r["transfer"], r["spec"]["warmup_steps"], r["ratio"])
         scheds[r["run_id"]] = sched
         peak_pt = r["spec"]["peak_lr"]
-        run_rows.append(dict(
-            run_id=r["run_id"], phase=r["phase"], parent=r["parent"], model="tiny", n_params=420_000,
-            n_nonembed=100_000, domain=r["domain"], ratio=r["ratio"], pt_schedule=r["pt_schedule"],
-            cpt_schedule=r["cpt_schedule"], peak_lr=peak_pt, cpt_peak_lr=r["cpt_peak"],
-            transfer_step=r["transfer"] if r["transfer"] is not None else np.nan,
-            loss_potential=(lrs[r["transfer"] - 1] / peak_pt) if r["transfer"] else np.nan,
-            steps=steps, total_steps=total, seed=seed, batch_size=BATCH, seq_len=SEQ, status="ok",
-            wall_time_s=0.0, tokens_per_s=0.0, schedule_json=json.dumps(r["spec"]),
-            cpt_schedule_json=json.dumps(r["cpt_spec"]) if r["cpt_spec"] else "",
-        ))
+        run_rows.append(
+            dict(
+                run_id=r["run_id"],
+                phase=r["phase"],
+                parent=r["parent"],
+                model="tiny",
+                n_params=420_000,
+                n_nonembed=100_000,
+                domain=r["domain"],
+                ratio=r["ratio"],
+                pt_schedule=r["pt_schedule"],
+                cpt_schedule=r["cpt_schedule"],
+                peak_lr=peak_pt,
+                cpt_peak_lr=r["cpt_peak"],
+                transfer_step=r["transfer"] if r["transfer"] is not None else np.nan,
+                loss_potential=(lrs[r["transfer"] - 1] / peak_pt) if r["transfer"] else np.nan,
+                steps=steps,
+                total_steps=total,
+                seed=seed,
+                batch_size=BATCH,
+                seq_len=SEQ,
+                status="ok",
+                wall_time_s=0.0,
+                tokens_per_s=0.0,
+                schedule_json=json.dumps(r["spec"]),
+                cpt_schedule_json=json.dumps(r["cpt_spec"]) if r["cpt_spec"] else "",
+            )
+        )
         lr_rows.append(pd.DataFrame({"run_id": r["run_id"], "step": np.arange(1, total + 1), "lr": lrs}))
         eval_steps = np.arange(first, total + 1, EVAL_EVERY)
         areas = compute_areas(lrs, LAM, r["transfer"], r["spec"]["warmup_steps"]).at(eval_steps)
@@ -135,13 +202,26 @@ def make_fixture_study(root: str | Path, seed: int = 0) -> dict[str, Path]:
             loss = clean + rng.normal(0.0, NOISE, clean.size)
             if first == 0:  # step 0: the initial model, well above the law (which diverges at S1 = 0)
                 loss[0] = 7.0 + rng.normal(0.0, 0.01)
-            curve_rows.append(pd.DataFrame({
-                "run_id": r["run_id"], "phase": r["phase"], "step": eval_steps,
-                "cpt_step": eval_steps - (r["transfer"] or 0), "tokens": eval_steps * BATCH * SEQ,
-                "lr": np.where(eval_steps > 0, lrs[np.maximum(eval_steps - 1, 0)], 0.0), "split": split,
-                "loss": loss, "S1": areas.S1, "S2": areas.S2, "S1_pt": areas.S1_pt, "S1_cpt": areas.S1_cpt,
-                "S2_pt": areas.S2_pt, "S2_cpt": areas.S2_cpt,
-            }))
+            curve_rows.append(
+                pd.DataFrame(
+                    {
+                        "run_id": r["run_id"],
+                        "phase": r["phase"],
+                        "step": eval_steps,
+                        "cpt_step": eval_steps - (r["transfer"] or 0),
+                        "tokens": eval_steps * BATCH * SEQ,
+                        "lr": np.where(eval_steps > 0, lrs[np.maximum(eval_steps - 1, 0)], 0.0),
+                        "split": split,
+                        "loss": loss,
+                        "S1": areas.S1,
+                        "S2": areas.S2,
+                        "S1_pt": areas.S1_pt,
+                        "S1_cpt": areas.S1_cpt,
+                        "S2_pt": areas.S2_pt,
+                        "S2_cpt": areas.S2_cpt,
+                    }
+                )
+            )
     runs = pd.DataFrame(run_rows)
     curves = pd.concat(curve_rows, ignore_index=True)
     write_parquet(tables / "runs.parquet", runs)
@@ -165,9 +245,14 @@ def _metrics(obs: np.ndarray, pred: np.ndarray) -> dict:
     ss = np.sum((obs - obs.mean()) ** 2)
     d = np.log(pred) - np.log(obs)
     hub = np.where(np.abs(d) <= 1e-3, 0.5 * d**2, 1e-3 * (np.abs(d) - 0.5e-3))
-    return dict(mae=float(np.mean(np.abs(err))), rmse=float(np.sqrt(np.mean(err**2))),
-                r2=float(1 - np.sum(err**2) / ss) if ss > 0 else float("nan"),
-                mean_rel=float(rel.mean()), worst_rel=float(rel.max()), huber=float(hub.sum()))
+    return dict(
+        mae=float(np.mean(np.abs(err))),
+        rmse=float(np.sqrt(np.mean(err**2))),
+        r2=float(1 - np.sum(err**2) / ss) if ss > 0 else float("nan"),
+        mean_rel=float(rel.mean()),
+        worst_rel=float(rel.max()),
+        huber=float(hub.sum()),
+    )
 
 
 def _band(fit, draws, sched, steps):
@@ -185,13 +270,23 @@ def _write_fit(fits_dir, runs, curves, scheds, domain, split, rng, held_preds, f
     rel_sd = {k: (0.002 if k in ("L0", "alpha") else 0.02) for k in params}
     intervals = {k: sorted([v * (1 - 1.96 * rel_sd[k]), v * (1 + 1.96 * rel_sd[k])]) for k, v in params.items()}
     mine = runs[(runs["phase"] == "pt") | (runs["domain"] == domain)]
-    held = mine[(mine["phase"] == "cpt") & (mine["cpt_schedule"] == "cos") & (mine["transfer_step"] == 1000)
-                & mine["cpt_peak_lr"].eq(PEAK)]
+    held = mine[
+        (mine["phase"] == "cpt")
+        & (mine["cpt_schedule"] == "cos")
+        & (mine["transfer_step"] == 1000)
+        & mine["cpt_peak_lr"].eq(PEAK)
+    ]
     role = "general" if split == "general" else "domain"
     # Bands: the law under parameter draws from the synthetic intervals (a stand-in for the bootstrap).
     draws = [{k: v * (1 + rel_sd[k] * rng.standard_normal()) for k, v in params.items()} for _ in range(60)]
-    fit = {**truth, "law_options": {"split_role": role}, "params": params, "intervals": intervals,
-           "bootstrap_params": draws, "options": {"warmup_as_peak": True}}
+    fit = {
+        **truth,
+        "law_options": {"split_role": role},
+        "params": params,
+        "intervals": intervals,
+        "bootstrap_params": draws,
+        "options": {"warmup_as_peak": True},
+    }
     draw_fits = [{**fit, "params": d} for d in draws]
     per_run, rows = {}, []
     for rid in mine["run_id"]:
@@ -199,25 +294,64 @@ def _write_fit(fits_dir, runs, curves, scheds, domain, split, rng, held_preds, f
         obs = obs[obs["step"] > 0]
         steps = obs["step"].to_numpy()
         pred, lo, hi = _band(fit, draw_fits, scheds[rid], steps)
-        frame = pd.DataFrame({"run_id": rid, "step": steps, "split": split, "loss": obs["loss"].to_numpy(),
-                              "pred": pred, "pred_lo": lo, "pred_hi": hi})
+        frame = pd.DataFrame(
+            {
+                "run_id": rid,
+                "step": steps,
+                "split": split,
+                "loss": obs["loss"].to_numpy(),
+                "pred": pred,
+                "pred_lo": lo,
+                "pred_hi": hi,
+            }
+        )
         fit_preds.append(frame.assign(model="tiny", domain=domain, cpt_peak_lr=PEAK))
         if rid in set(held["run_id"]):
             frame = frame.iloc[1:]  # held-out points: after the branch point
             held_preds.append(frame.assign(check="cos-from-wsd")[["check", *frame.columns]])
             m = _metrics(frame["loss"].to_numpy(), frame["pred"].to_numpy())
             per_run[rid] = m
-            rows.append({"check": "cos-from-wsd", "kind": "runs", "law": "replay", "model": "tiny", "domain": domain,
-                         "cpt_peak_lr": PEAK, "split": split, "run_id": rid, "n_fit_runs": len(mine) - len(held),
-                         "n_points": len(frame), **m, "metric": "mean_rel", "value": m["mean_rel"],
-                         "threshold": 0.01, "passed": m["mean_rel"] <= 0.01, "note": ""})
+            rows.append(
+                {
+                    "check": "cos-from-wsd",
+                    "kind": "runs",
+                    "law": "replay",
+                    "model": "tiny",
+                    "domain": domain,
+                    "cpt_peak_lr": PEAK,
+                    "split": split,
+                    "run_id": rid,
+                    "n_fit_runs": len(mine) - len(held),
+                    "n_points": len(frame),
+                    **m,
+                    "metric": "mean_rel",
+                    "value": m["mean_rel"],
+                    "threshold": 0.01,
+                    "passed": m["mean_rel"] <= 0.01,
+                    "note": "",
+                }
+            )
     fit_runs = sorted(mine["run_id"])
     n_points = int(curves[curves["run_id"].isin(fit_runs) & (curves["split"] == split)].shape[0])
     fit.update(
-        diagnostics={"objective": 1.0e-3, "n_starts": 500, "n_near_best": 40, "at_bound": [], "n_points": n_points,
-                     "dropped_warmup_points": 2, "converged": True, "wall_s": 0.0, "synthetic_fixture": True},
-        fit_runs=fit_runs, heldout={},
-        model="tiny", domain=domain, cpt_peak_lr=PEAK, role=role, analysis="replay",
+        diagnostics={
+            "objective": 1.0e-3,
+            "n_starts": 500,
+            "n_near_best": 40,
+            "at_bound": [],
+            "n_points": n_points,
+            "dropped_warmup_points": 2,
+            "converged": True,
+            "wall_s": 0.0,
+            "synthetic_fixture": True,
+        },
+        fit_runs=fit_runs,
+        heldout={},
+        model="tiny",
+        domain=domain,
+        cpt_peak_lr=PEAK,
+        role=role,
+        analysis="replay",
     )
     write_json(fits_dir / f"replay_tiny_{domain}_{split}.json", fit)
     return rows
@@ -229,10 +363,19 @@ def _write_cmr(fits_dir, runs, curves, domain) -> None:
 
     sel = runs[(runs["domain"] == domain) & (runs["cpt_schedule"] == "cos") & (runs["transfer_step"] == 1000)]
     cdf = curves[curves["run_id"].isin(set(sel["run_id"]))].merge(sel[["run_id", "ratio"]], on="run_id")
-    res = cmr_from_curves(cdf, domain_split=domain, eps=0.05, lam=1000.0, t_unit=1.0e5,
-                          source=f"fixture CMR ({domain})")
+    res = cmr_from_curves(
+        cdf, domain_split=domain, eps=0.05, lam=1000.0, t_unit=1.0e5, source=f"fixture CMR ({domain})"
+    )
     res.pop("tables", None)
-    key = {"model": "tiny", "domain": domain, "cpt_peak_lr": PEAK, "cpt_schedule": "cos", "pt_schedule": "const",
-           "transfer_step": 1000}
-    write_json(fits_dir / f"cmr_tiny_{domain}_cos_const_T1000.json",
-               {**res, **key, "analysis": "cmr", "runs": sorted(sel["run_id"])})
+    key = {
+        "model": "tiny",
+        "domain": domain,
+        "cpt_peak_lr": PEAK,
+        "cpt_schedule": "cos",
+        "pt_schedule": "const",
+        "transfer_step": 1000,
+    }
+    write_json(
+        fits_dir / f"cmr_tiny_{domain}_cos_const_T1000.json",
+        {**res, **key, "analysis": "cmr", "runs": sorted(sel["run_id"])},
+    )

@@ -2,12 +2,11 @@
 
 Every input except the tables is optional: a figure whose inputs are absent is skipped with a logged
 note. An input that is present but malformed (missing column, NaN loss, run not in runs.parquet) raises
-``PlotInputError`` naming the file, the column and the run/row.
+``InputError`` naming the file, the column and the run/row.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,27 +14,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cptlaws.errors import InputError
+from cptlaws.io import read_json
+from cptlaws.io import read_table as read_table_checked
+from cptlaws.study.columns import CURVE_COLUMNS, LR_COLUMNS, METRICS, PRED_COLUMNS, RUN_COLUMNS
+
 log = logging.getLogger("cptlaws.plots")
 
-RUNS_COLS = ("run_id", "phase", "parent", "domain", "ratio", "pt_schedule", "cpt_schedule", "peak_lr",
-             "cpt_peak_lr", "transfer_step", "loss_potential", "steps", "total_steps", "schedule_json")
-CURVES_COLS = ("run_id", "phase", "step", "tokens", "lr", "split", "loss", "S1", "S2", "S1_pt", "S1_cpt",
-               "S2_pt", "S2_cpt")
-LRS_COLS = ("run_id", "step", "lr")
-PRED_COLS = ("run_id", "step", "split", "loss", "pred", "pred_lo", "pred_hi")
 FIT_KEYS = ("law", "split", "params")
-METRICS = ("mae", "rmse", "r2", "mean_rel", "worst_rel", "huber")
 HELDOUT_COLS = ("run_id",)  # plus at least one metric column
-
-
-class PlotInputError(ValueError):
-    """Malformed figure input; the message names the file and the column / key / run."""
-
-
-def check_columns(df: pd.DataFrame, cols, path) -> None:
-    missing = [c for c in cols if c not in df.columns]
-    if missing:
-        raise PlotInputError(f"{path}: missing column(s) {', '.join(missing)} (has: {', '.join(map(str, df.columns))})")
 
 
 def _check_finite(df: pd.DataFrame, col: str, path) -> None:
@@ -44,15 +31,11 @@ def _check_finite(df: pd.DataFrame, col: str, path) -> None:
     if bad.size:
         i = int(bad[0])
         rid = df["run_id"].iloc[i] if "run_id" in df.columns else "?"
-        raise PlotInputError(f"{path}: column {col!r} row {i} (run {rid!r}) is not a finite number: {df[col].iloc[i]!r}")
+        raise InputError(f"{path}: column {col!r} row {i} (run {rid!r}) is not a finite number: {df[col].iloc[i]!r}")
 
 
 def read_table(path: Path, cols, finite=()) -> pd.DataFrame:
-    try:
-        df = pd.read_parquet(path)
-    except Exception as exc:  # pyarrow raises several types for a corrupt file
-        raise PlotInputError(f"{path}: cannot read parquet ({exc})") from None
-    check_columns(df, cols, path)
+    df = read_table_checked(path, cols)
     for c in finite:
         _check_finite(df, c, path)
     df["run_id"] = df["run_id"].astype(str)
@@ -60,7 +43,7 @@ def read_table(path: Path, cols, finite=()) -> pd.DataFrame:
 
 
 @dataclass
-class Study:
+class StudyOutputs:
     """Everything a figure may draw from; ``None`` / empty = not available."""
 
     runs: pd.DataFrame | None = None
@@ -101,12 +84,9 @@ def fit_scope(fit: dict) -> set[str]:
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        obj = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise PlotInputError(f"{path}: not valid JSON ({exc})") from None
+    obj = read_json(path)
     if not isinstance(obj, dict):
-        raise PlotInputError(f"{path}: expected a JSON object")
+        raise InputError(f"{path}: expected a JSON object")
     return obj
 
 
@@ -117,9 +97,9 @@ def _predictions(d: Path) -> pd.DataFrame | None:
         try:
             cols = pq_columns(p)
         except Exception as exc:  # corrupt parquet
-            raise PlotInputError(f"{p}: cannot read parquet ({exc})") from None
+            raise InputError(f"{p}: cannot read parquet ({exc})") from None
         if {"pred", "loss"} <= set(cols):  # other parquet files (params, heldout, CMR) are not predictions
-            df = read_table(p, PRED_COLS, finite=("step", "loss"))
+            df = read_table(p, PRED_COLUMNS, finite=("step", "loss"))
             df["split"] = df["split"].astype(str)
             df = df[np.isfinite(df["pred"].to_numpy(dtype=float))]  # step 0: the law is undefined there
             df["source"] = p.stem
@@ -138,12 +118,12 @@ def load_fit(path: Path, obj: dict | None = None) -> dict:
     obj = _read_json(path) if obj is None else obj
     missing = [k for k in FIT_KEYS if k not in obj]
     if missing:
-        raise PlotInputError(f"{path}: fit JSON misses key(s) {', '.join(missing)}")
+        raise InputError(f"{path}: fit JSON misses key(s) {', '.join(missing)}")
     if not isinstance(obj["params"], dict) or not obj["params"]:
-        raise PlotInputError(f"{path}: key 'params' must be a non-empty object")
+        raise InputError(f"{path}: key 'params' must be a non-empty object")
     for k, v in obj["params"].items():
         if not isinstance(v, (int, float)) or not np.isfinite(v):
-            raise PlotInputError(f"{path}: params.{k} = {v!r} is not a finite number")
+            raise InputError(f"{path}: params.{k} = {v!r} is not a finite number")
     obj["split"] = str(obj["split"])
     obj["_path"] = str(path)
     return obj
@@ -154,29 +134,31 @@ def is_cmr(obj: dict) -> bool:
     return obj.get("analysis") == "cmr" or ("cmr" in obj and "loss_vs_ratio" in obj)
 
 
-def load_study(tables: str | Path | None, fits: str | Path | None = None, checks: str | Path | None = None) -> Study:
+def load_outputs(
+    tables: str | Path | None, fits: str | Path | None = None, checks: str | Path | None = None
+) -> StudyOutputs:
     """Read whatever of the study outputs exists; validate what is read."""
-    st = Study()
+    st = StudyOutputs()
     if tables:
         tables = Path(tables)
         p = tables / "runs.parquet"
         if p.exists():
-            st.runs = read_table(p, RUNS_COLS)
+            st.runs = read_table(p, RUN_COLUMNS)
             for c in ("domain", "parent", "pt_schedule", "cpt_schedule"):
                 st.runs[c] = st.runs[c].fillna("").astype(str)
             dup = st.runs["run_id"][st.runs["run_id"].duplicated()]
             if len(dup):
-                raise PlotInputError(f"{p}: run_id {dup.iloc[0]!r} appears more than once")
+                raise InputError(f"{p}: run_id {dup.iloc[0]!r} appears more than once")
         else:
             log.info("no %s: figures that need the run table are skipped", p)
         p = tables / "curves.parquet"
         if p.exists():
-            st.curves = read_table(p, CURVES_COLS, finite=("step", "loss"))
+            st.curves = read_table(p, CURVE_COLUMNS, finite=("step", "loss"))
             st.curves["split"] = st.curves["split"].astype(str)
             _check_known_runs(st.curves, st.runs, p)
         p = tables / "lrs.parquet"
         if p.exists():
-            st.lrs = read_table(p, LRS_COLS, finite=("step", "lr"))
+            st.lrs = read_table(p, LR_COLUMNS, finite=("step", "lr"))
             _check_known_runs(st.lrs, st.runs, p)
     if fits:
         fits = Path(fits)
@@ -202,7 +184,7 @@ def load_study(tables: str | Path | None, fits: str | Path | None = None, checks
         if p.exists():
             df = read_table(p, HELDOUT_COLS)
             if not any(m in df.columns for m in METRICS):
-                raise PlotInputError(f"{p}: no metric column (expected some of {', '.join(METRICS)})")
+                raise InputError(f"{p}: no metric column (expected some of {', '.join(METRICS)})")
             st.heldout = df
     return st
 
@@ -212,4 +194,4 @@ def _check_known_runs(df: pd.DataFrame, runs: pd.DataFrame | None, path) -> None
         return
     unknown = sorted(set(df["run_id"]) - set(runs["run_id"]))
     if unknown:
-        raise PlotInputError(f"{path}: run {unknown[0]!r} is not in runs.parquet ({len(unknown)} unknown run(s))")
+        raise InputError(f"{path}: run {unknown[0]!r} is not in runs.parquet ({len(unknown)} unknown run(s))")

@@ -10,22 +10,19 @@ expose -- and a fit JSON the library cannot rebuild. tests/test_plots.py checks 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import numpy as np
 import pandas as pd
 
 from cptlaws.areas import DEFAULT_LAMBDA, Areas, compute_areas
+from cptlaws.errors import InputError
 
 DRAWABLE_LAWS = ("lra", "cpt", "replay", "replay_rpt", "replay_flex")
 
 # Greek spellings (laws.md) and ASCII spellings (fit JSON) both accepted.
 _ALIASES = {"α": "alpha", "β": "beta", "γ": "gamma", "ΔL": "dL"}
-
-
-class LawError(ValueError):
-    """A fit that cannot be drawn: unknown law, missing parameter. The message names the fit file."""
 
 
 def norm_params(params: Mapping[str, float]) -> dict[str, float]:
@@ -92,21 +89,23 @@ def _pt_warmup(row) -> int:
     try:
         spec = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"runs table: run {row.run_id!r}: schedule_json is not valid JSON ({exc})") from None
+        raise InputError(f"runs table: run {row.run_id!r}: schedule_json is not valid JSON ({exc})") from None
     return int(spec.get("warmup_steps", 0) or 0) if isinstance(spec, Mapping) else 0
 
 
 def _need(p: Mapping, names, fit: Mapping) -> None:
     missing = [n for n in names if n not in p]
     if missing:
-        raise LawError(f"fit {fit.get('_path', fit.get('law'))}: law {fit.get('law')!r} misses parameters {missing}")
+        raise InputError(f"fit {fit.get('_path', fit.get('law'))}: law {fit.get('law')!r} misses parameters {missing}")
 
 
 def decompose(fit: Mapping, areas: Areas, ratio: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """(hidden PT curve, distribution-shift term) of the law at every index of ``areas``; their sum is the law."""
     law = fit.get("law")
     if law not in DRAWABLE_LAWS:
-        raise LawError(f"fit {fit.get('_path', law)}: law {law!r} cannot be drawn (drawable: {', '.join(DRAWABLE_LAWS)})")
+        raise InputError(
+            f"fit {fit.get('_path', law)}: law {law!r} cannot be drawn (drawable: {', '.join(DRAWABLE_LAWS)})"
+        )
     p = norm_params(fit["params"])
     with np.errstate(divide="ignore", invalid="ignore"):
         S1 = areas.S1
@@ -142,7 +141,7 @@ def law_curve(fit: Mapping, sched: RunSchedule, steps=None) -> tuple[np.ndarray,
         steps = np.arange(1, sched.lrs.size + 1)
     steps = np.asarray(steps, dtype=np.int64)
     if steps.size and (steps.min() < 0 or steps.max() > sched.lrs.size):
-        raise LawError(f"run {sched.run_id!r}: steps beyond its LR history ({sched.lrs.size} updates)")
+        raise InputError(f"run {sched.run_id!r}: steps beyond its LR history ({sched.lrs.size} updates)")
     pred = _library_predict(fit, sched, steps)
     if pred is None:
         areas = sched.areas(float(fit.get("lam") or DEFAULT_LAMBDA))
@@ -155,18 +154,28 @@ def law_curve(fit: Mapping, sched: RunSchedule, steps=None) -> tuple[np.ndarray,
 def _library_predict(fit: Mapping, sched: RunSchedule, steps: np.ndarray) -> np.ndarray | None:
     """The law library's prediction, or None when it cannot rebuild this fit (then the closed form is used)."""
     try:
-        from cptlaws.curves import Curve
-        from cptlaws.fit import FitResult
+        from cptlaws.fitting import FitResult
+        from cptlaws.fitting.curves import Curve
     except ImportError:
         return None
     try:
         res = FitResult.from_dict({k: v for k, v in fit.items() if not k.startswith("_")})
-        curve = Curve(run_id=sched.run_id, lrs=sched.lrs, steps=steps, loss=np.ones(steps.size),
-                      transfer=sched.transfer, ratio=sched.ratio, n_params=sched.n_params,
-                      warmup_steps=sched.warmup_steps, split=str(fit.get("split", "")))
+        curve = Curve(
+            run_id=sched.run_id,
+            lrs=sched.lrs,
+            steps=steps,
+            loss=np.ones(steps.size),
+            transfer=sched.transfer,
+            ratio=sched.ratio,
+            n_params=sched.n_params,
+            warmup_steps=sched.warmup_steps,
+            split=str(fit.get("split", "")),
+        )
         return np.asarray(res.predict_arrays([curve])[0], dtype=float)
     except (ValueError, KeyError, TypeError) as exc:
         if fit.get("law") in DRAWABLE_LAWS:
             return None
-        raise LawError(f"fit {fit.get('_path', fit.get('law'))}: cannot evaluate law {fit.get('law')!r} on run "
-                       f"{sched.run_id!r}: {exc}") from None
+        raise InputError(
+            f"fit {fit.get('_path', fit.get('law'))}: cannot evaluate law {fit.get('law')!r} on run "
+            f"{sched.run_id!r}: {exc}"
+        ) from None

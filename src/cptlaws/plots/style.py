@@ -4,9 +4,9 @@ single-column (3.25 in) and double-column (6.75 in) widths, vector PDF + 300-dpi
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import matplotlib
 

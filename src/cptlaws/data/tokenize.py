@@ -18,21 +18,18 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
-from cptlaws.corpora import CorpusError, atomic_dir, iter_documents, read_provenance, sha256_file
-from cptlaws.io import write_json
-from cptlaws.tokenizer import EOS, PAD, load_tokenizer, tokenizer_kind
+from cptlaws.data.corpora import iter_documents, read_provenance, sha256_file
+from cptlaws.data.tokenizer import EOS, PAD, load_tokenizer, tokenizer_kind
+from cptlaws.errors import DataError
+from cptlaws.io import atomic_dir, write_json
 
 FORMAT = "cptlaws-tokens-v1"
 SPLITS = ("train", "valid")
-
-
-class TokenizeError(ValueError):
-    """Bad tokenization input or token directory (message names it)."""
 
 
 # ---- encoding (shared by the local and the hub path; module-level so num_proc workers can pickle it)
@@ -60,7 +57,7 @@ def encode_batch(batch: dict, tokenizer_path: str, text_column: str = "text") ->
     texts = batch[text_column]
     bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
     if bad is not None:
-        raise TokenizeError(f"column {text_column!r}: row {bad} of a batch is {type(texts[bad]).__name__}, not text")
+        raise DataError(f"column {text_column!r}: row {bad} of a batch is {type(texts[bad]).__name__}, not text")
     # encode_batch_fast skips offset tracking (unused here); several times faster on long documents
     encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
     encs = encode(texts, add_special_tokens=False)
@@ -70,7 +67,7 @@ def encode_batch(batch: dict, tokenizer_path: str, text_column: str = "text") ->
 def pack_rows(stream: np.ndarray, seq_len: int) -> np.ndarray:
     """Rows of ``seq_len + 1`` ids with stride ``seq_len`` (overlap of one) from a 1-D stream."""
     if seq_len < 1:
-        raise TokenizeError(f"seq_len must be >= 1, got {seq_len}")
+        raise DataError(f"seq_len must be >= 1, got {seq_len}")
     n_rows = (len(stream) - 1) // seq_len
     if n_rows < 1:
         return np.zeros((0, seq_len + 1), dtype=np.int32)
@@ -103,7 +100,7 @@ class RowSpool:
         from datasets.arrow_writer import ArrowWriter
 
         if seq_len < 1:
-            raise TokenizeError(f"seq_len must be >= 1, got {seq_len}")
+            raise DataError(f"seq_len must be >= 1, got {seq_len}")
         self.path, self.seq_len, self.chunk_tokens = Path(path), seq_len, max(int(chunk_tokens), seq_len + 1)
         self._writer = ArrowWriter(features=_row_features(seq_len), path=str(self.path))
         self._parts: list[np.ndarray] = []
@@ -150,22 +147,43 @@ def _write_split(rows, path: Path, seq_len: int) -> None:
 
 
 def _tokenizer_record(tokenizer_path: str | os.PathLike, tok) -> dict:
-    return {"path": str(tokenizer_path), "sha256": sha256_file(tokenizer_path), "kind": tokenizer_kind(tokenizer_path),
-            "eos_id": tok.token_to_id(EOS), "pad_id": tok.token_to_id(PAD)}
+    return {
+        "path": str(tokenizer_path),
+        "sha256": sha256_file(tokenizer_path),
+        "kind": tokenizer_kind(tokenizer_path),
+        "eos_id": tok.token_to_id(EOS),
+        "pad_id": tok.token_to_id(PAD),
+    }
 
 
-def write_token_dir(out_dir: str | os.PathLike, split_streams: dict[str, tuple[np.ndarray, int, int]],
-                    seq_len: int, tokenizer_path: str | os.PathLike, source: dict, seed: int = 0,
-                    shuffle: bool = True) -> dict:
+def write_token_dir(
+    out_dir: str | os.PathLike,
+    split_streams: dict[str, tuple[np.ndarray, int, int]],
+    seq_len: int,
+    tokenizer_path: str | os.PathLike,
+    source: dict,
+    seed: int = 0,
+    shuffle: bool = True,
+) -> dict:
     """Pack each split's stream into rows and write the token dir atomically; return meta.
 
     ``split_streams``: split -> (token stream incl. EOS, or a closed-over ``RowSpool`` of it, n_docs,
     n_bytes of the documents' text)."""
     tok = _get_tokenizer(str(tokenizer_path))
-    meta = {"format": FORMAT, "vocab_size": tok.get_vocab_size(), "seq_len": seq_len, "row_len": seq_len + 1,
-            "row_stride": seq_len, "shuffled": shuffle, "seed": seed,
-            "tokenizer": _tokenizer_record(tokenizer_path, tok), "source": source,
-            "n_tokens": {}, "n_bytes": {}, "splits": {}}
+    meta = {
+        "format": FORMAT,
+        "vocab_size": tok.get_vocab_size(),
+        "seq_len": seq_len,
+        "row_len": seq_len + 1,
+        "row_stride": seq_len,
+        "shuffled": shuffle,
+        "seed": seed,
+        "tokenizer": _tokenizer_record(tokenizer_path, tok),
+        "source": source,
+        "n_tokens": {},
+        "n_bytes": {},
+        "splits": {},
+    }
     with atomic_dir(out_dir) as tmp:
         for split, (stream, n_docs, n_bytes) in split_streams.items():
             if isinstance(stream, RowSpool):
@@ -173,17 +191,26 @@ def write_token_dir(out_dir: str | os.PathLike, split_streams: dict[str, tuple[n
             else:
                 rows, n_tokens = pack_rows(stream, seq_len), int(len(stream))
             if len(rows) == 0:
-                raise TokenizeError(f"split {split!r} of {source.get('name', source)} has {n_tokens} tokens, "
-                                    f"fewer than one row of seq_len + 1 = {seq_len + 1}")
+                raise DataError(
+                    f"split {split!r} of {source.get('name', source)} has {n_tokens} tokens, "
+                    f"fewer than one row of seq_len + 1 = {seq_len + 1}"
+                )
             if shuffle:  # a per-split seed keeps train and valid permutations independent
-                perm = np.random.default_rng([seed, SPLITS.index(split) if split in SPLITS else 99]).permutation(len(rows))
+                perm = np.random.default_rng([seed, SPLITS.index(split) if split in SPLITS else 99]).permutation(
+                    len(rows)
+                )
                 rows = rows.select(perm) if isinstance(stream, RowSpool) else rows[perm]
             _write_split(rows, tmp / split, seq_len)
             meta["n_tokens"][split] = n_tokens
             meta["n_bytes"][split] = int(n_bytes)
-            meta["splits"][split] = {"n_docs": int(n_docs), "n_rows": int(len(rows)), "n_tokens": n_tokens,
-                                     "n_target_tokens": int(len(rows) * seq_len), "n_bytes": int(n_bytes),
-                                     "tokens_per_byte": n_tokens / n_bytes if n_bytes else None}
+            meta["splits"][split] = {
+                "n_docs": int(n_docs),
+                "n_rows": int(len(rows)),
+                "n_tokens": n_tokens,
+                "n_target_tokens": int(len(rows) * seq_len),
+                "n_bytes": int(n_bytes),
+                "tokens_per_byte": n_tokens / n_bytes if n_bytes else None,
+            }
         write_json(tmp / "meta.json", meta)
     return meta
 
@@ -191,31 +218,45 @@ def write_token_dir(out_dir: str | os.PathLike, split_streams: dict[str, tuple[n
 # ---- local corpora
 
 
-def tokenize_corpus(corpus_dir: str | os.PathLike, tokenizer_path: str | os.PathLike, out_dir: str | os.PathLike,
-                    seq_len: int = 128, num_proc: int = 1, batch_size: int = 256, seed: int = 0,
-                    shuffle: bool = True) -> dict:
-    """Tokenize both splits of a corpus directory (from :func:`cptlaws.corpora.fetch_corpus`)."""
+def tokenize_corpus(
+    corpus_dir: str | os.PathLike,
+    tokenizer_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    seq_len: int = 128,
+    num_proc: int = 1,
+    batch_size: int = 256,
+    seed: int = 0,
+    shuffle: bool = True,
+) -> dict:
+    """Tokenize both splits of a corpus directory (from :func:`cptlaws.data.corpora.fetch_corpus`)."""
     from datasets import Dataset, disable_progress_bars
 
     disable_progress_bars()
     if seq_len < 1:
-        raise TokenizeError(f"seq_len must be >= 1, got {seq_len}")
+        raise DataError(f"seq_len must be >= 1, got {seq_len}")
     if num_proc < 1:
-        raise TokenizeError(f"num_proc must be >= 1, got {num_proc}")
+        raise DataError(f"num_proc must be >= 1, got {num_proc}")
     prov = read_provenance(corpus_dir)
     load_tokenizer(tokenizer_path)  # fail early, naming the file
     streams = {}
     for split in SPLITS:
         docs = list(iter_documents(corpus_dir, split))
         if not docs:
-            raise CorpusError(f"corpus {corpus_dir}: split {split!r} has no documents")
+            raise DataError(f"corpus {corpus_dir}: split {split!r} has no documents")
         ds = Dataset.from_dict({"id": [d for d, _ in docs], "text": [t for _, t in docs]})
-        enc = ds.map(encode_batch, batched=True, batch_size=batch_size, num_proc=num_proc if num_proc > 1 else None,
-                     remove_columns=["id", "text"], fn_kwargs={"tokenizer_path": str(tokenizer_path)},
-                     keep_in_memory=True, load_from_cache_file=False, desc=f"tokenize {split}")
+        enc = ds.map(
+            encode_batch,
+            batched=True,
+            batch_size=batch_size,
+            num_proc=num_proc if num_proc > 1 else None,
+            remove_columns=["id", "text"],
+            fn_kwargs={"tokenizer_path": str(tokenizer_path)},
+            keep_in_memory=True,
+            load_from_cache_file=False,
+            desc=f"tokenize {split}",
+        )
         streams[split] = (_stream_of(enc), len(docs), int(np.sum(enc["n_bytes"])))
-    source = {"kind": "corpus", "name": prov.get("corpus"), "dir": str(corpus_dir),
-              "provenance": prov}
+    source = {"kind": "corpus", "name": prov.get("corpus"), "dir": str(corpus_dir), "provenance": prov}
     return write_token_dir(out_dir, streams, seq_len, tokenizer_path, source, seed=seed, shuffle=shuffle)
 
 
@@ -225,12 +266,12 @@ def tokenize_corpus(corpus_dir: str | os.PathLike, tokenizer_path: str | os.Path
 def read_token_meta(token_dir: str | os.PathLike) -> dict:
     p = Path(token_dir) / "meta.json"
     if not p.is_file():
-        raise TokenizeError(f"{token_dir} is not a token directory (no meta.json); build it with `cptlaws tokenize`")
+        raise DataError(f"{token_dir} is not a token directory (no meta.json); build it with `cptlaws tokenize`")
     import json
 
     meta = json.loads(p.read_text())
     if meta.get("format") != FORMAT:
-        raise TokenizeError(f"{p}: format {meta.get('format')!r}, expected {FORMAT!r}")
+        raise DataError(f"{p}: format {meta.get('format')!r}, expected {FORMAT!r}")
     return meta
 
 
@@ -241,7 +282,7 @@ def load_split(token_dir: str | os.PathLike, split: str):
     read_token_meta(token_dir)
     p = Path(token_dir) / split
     if not p.is_dir():
-        raise TokenizeError(f"token directory {token_dir} has no split {split!r}")
+        raise DataError(f"token directory {token_dir} has no split {split!r}")
     return load_from_disk(str(p))
 
 
@@ -249,7 +290,7 @@ def tokens_per_byte(meta: dict, split: str) -> float:
     try:
         return meta["n_tokens"][split] / meta["n_bytes"][split]
     except (KeyError, ZeroDivisionError):
-        raise TokenizeError(f"token meta has no n_tokens/n_bytes for split {split!r}") from None
+        raise DataError(f"token meta has no n_tokens/n_bytes for split {split!r}") from None
 
 
 def bits_per_byte(nats_per_token: float | np.ndarray, meta: dict, split: str):
@@ -262,5 +303,17 @@ def decode_rows(rows: Iterable[Iterable[int]], tokenizer_path: str | os.PathLike
     return [tok.decode(list(map(int, r)), skip_special_tokens=False) for r in rows]
 
 
-__all__ = ["FORMAT", "RowSpool", "TokenizeError", "bits_per_byte", "decode_rows", "encode_batch", "load_split", "pack_rows",
-           "read_token_meta", "tokenize_corpus", "tokens_per_byte", "write_token_dir"]
+__all__ = [
+    "FORMAT",
+    "RowSpool",
+    "DataError",
+    "bits_per_byte",
+    "decode_rows",
+    "encode_batch",
+    "load_split",
+    "pack_rows",
+    "read_token_meta",
+    "tokenize_corpus",
+    "tokens_per_byte",
+    "write_token_dir",
+]

@@ -7,7 +7,8 @@ import argparse
 import json
 import math
 import sys
-from pathlib import Path
+
+from cptlaws.errors import UsageError
 
 EPILOG = """examples:
   cptlaws cmr results/tables/curves.parquet --ratios results/tables/runs.parquet \\
@@ -78,13 +79,12 @@ def register(subparsers) -> None:
         "--params",
         nargs="+",
         metavar="A4,S4,B3",
-        help="a4,s4,b3 of R_CMR(T) = a4*T^s4 + b3 (with negative values: --params=a4,s4,b3 "
-        "or three separate numbers)",
+        help="a4,s4,b3 of R_CMR(T) = a4*T^s4 + b3 (with negative values: --params=a4,s4,b3 or three separate numbers)",
     )
     h.add_argument("--T", type=float, nargs="+", help="budget(s) in T units")
     h.add_argument("--tokens", type=float, nargs="+", help="budget(s) in tokens (converted with --t-unit)")
     p.add_argument("--out", help="write the JSON result here (default: stdout)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=cmd_cmr)
 
 
 def _float_or_inf(text: str) -> float:
@@ -97,23 +97,6 @@ def _float_or_inf(text: str) -> float:
     return v
 
 
-def _read_table(path: str, what: str):
-    import pandas as pd
-
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"{what} file not found: {path}")
-    suffix = p.suffix.lower()
-    try:
-        if suffix == ".parquet":
-            return pd.read_parquet(p)
-        if suffix in (".csv", ".tsv"):
-            return pd.read_csv(p, sep="\t" if suffix == ".tsv" else ",")
-    except Exception as exc:  # pyarrow / parser errors: name the file
-        raise ValueError(f"{path}: cannot read {what} table: {exc}") from None
-    raise ValueError(f"{path}: unsupported {what} file type {suffix!r} (use .parquet or .csv)")
-
-
 def _emit(obj: dict, out: str | None) -> None:
     from cptlaws.io import write_json
 
@@ -124,11 +107,11 @@ def _emit(obj: dict, out: str | None) -> None:
         sys.stdout.write("\n")
 
 
-def run(args) -> int:
+def cmd_cmr(args) -> int:
     if args.params is not None:
         return _run_params(args)
     if args.curves is None:
-        raise ValueError("give a curves table (CURVES.parquet|csv) or --params a4,s4,b3")
+        raise UsageError("give a curves table (CURVES.parquet|csv) or --params a4,s4,b3")
     return _run_curves(args)
 
 
@@ -136,17 +119,17 @@ def _run_params(args) -> int:
     from cptlaws.cmr import PAPER_T_UNIT_TOKENS, cmr_scaling_law
 
     if args.curves is not None:
-        raise ValueError("give either a curves table or --params, not both")
+        raise UsageError("give either a curves table or --params, not both")
     text = ",".join(args.params)
     parts = [s for s in text.replace(" ", "").split(",") if s]
     try:
         vals = [float(s) for s in parts]
     except ValueError:
-        raise ValueError(f"--params: expected three numbers a4,s4,b3, got {text!r}") from None
+        raise UsageError(f"--params: expected three numbers a4,s4,b3, got {text!r}") from None
     if len(vals) != 3:
-        raise ValueError(f"--params: expected three numbers a4,s4,b3, got {len(vals)}: {text!r}")
+        raise UsageError(f"--params: expected three numbers a4,s4,b3, got {len(vals)}: {text!r}")
     if (args.T is None) == (args.tokens is None):
-        raise ValueError("--params needs exactly one of --T (law units) or --tokens")
+        raise UsageError("--params needs exactly one of --T (law units) or --tokens")
     unit = args.t_unit if args.t_unit is not None else PAPER_T_UNIT_TOKENS
     if args.T is not None:
         Ts = list(args.T)
@@ -169,25 +152,25 @@ def _run_params(args) -> int:
 
 def _run_curves(args) -> int:
     from cptlaws.cmr import cmr_from_curves
-    from cptlaws.io import write_parquet, write_text
+    from cptlaws.io import read_table, write_parquet, write_text
 
     if not args.domain_split:
-        raise ValueError("--domain-split is required with a curves table")
+        raise UsageError("--domain-split is required with a curves table")
     if args.T is not None or args.tokens is not None:
-        raise ValueError("--T / --tokens only go with --params")
-    df = _read_table(args.curves, "curves")
+        raise UsageError("--T / --tokens only go with --params")
+    df = read_table(args.curves, what="curves table")
     ratios = None
     if args.ratios:
-        rt = _read_table(args.ratios, "ratios")
+        rt = read_table(args.ratios, what="ratios table")
         missing = [c for c in ("run_id", "ratio") if c not in rt.columns]
         if missing:
-            raise ValueError(f"{args.ratios}: missing column(s) {missing} (have {list(rt.columns)})")
+            raise UsageError(f"{args.ratios}: missing column(s) {missing} (have {list(rt.columns)})")
         ratios = {}
         for i, (rid, r) in enumerate(zip(rt["run_id"].astype(str), rt["ratio"])):
             try:
                 ratios[rid] = float(r)
             except (TypeError, ValueError):
-                raise ValueError(f"{args.ratios}: row {i} (run {rid!r}): ratio {r!r} is not a number") from None
+                raise UsageError(f"{args.ratios}: row {i} (run {rid!r}): ratio {r!r} is not a number") from None
     baseline: str | dict = "branch"
     if args.baseline:
         baseline = {}
@@ -198,7 +181,7 @@ def _run_curves(args) -> int:
             except ValueError:
                 sep = ""
             if not sep or not split:
-                raise ValueError(f"--baseline: expected SPLIT=LOSS, got {item!r}")
+                raise UsageError(f"--baseline: expected SPLIT=LOSS, got {item!r}")
     result = cmr_from_curves(
         df,
         domain_split=args.domain_split,

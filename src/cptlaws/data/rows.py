@@ -25,9 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-
-class DataError(ValueError):
-    """A tokenized dataset that cannot be used; the message names the path (and config key)."""
+from cptlaws.errors import DataError
 
 
 def _is_dataset_dir(p: Path) -> bool:
@@ -45,8 +43,10 @@ def split_dir(path: str | Path, split: str, key: str = "") -> Path:
         return p / split
     if _is_dataset_dir(p):
         return p
-    raise DataError(f"{where}{p} is not a tokenized dataset (no {split}/ sub-directory written by "
-                    f"datasets.save_to_disk, no dataset_info.json)")
+    raise DataError(
+        f"{where}{p} is not a tokenized dataset (no {split}/ sub-directory written by "
+        f"datasets.save_to_disk, no dataset_info.json)"
+    )
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:
@@ -85,7 +85,9 @@ def load_rows(path: str | Path, split: str = "train", seq_len: int | None = None
     if pa.types.is_fixed_size_list(col.type):
         width = col.type.list_size
         if seq_len is not None and width != seq_len + 1:
-            raise DataError(f"{where}{d}: rows hold {width} ids but seq_len = {seq_len} needs seq_len + 1 = {seq_len + 1}")
+            raise DataError(
+                f"{where}{d}: rows hold {width} ids but seq_len = {seq_len} needs seq_len + 1 = {seq_len + 1}"
+            )
         arr = np.asarray(col.flatten()).astype(np.int64, copy=False).reshape(len(ds), width)
         return torch.from_numpy(np.ascontiguousarray(arr))
     offsets = np.asarray(col.offsets)
@@ -93,7 +95,9 @@ def load_rows(path: str | Path, split: str = "train", seq_len: int | None = None
     width = int(lengths[0])
     if not (lengths == width).all():
         bad = int(np.nonzero(lengths != width)[0][0])
-        raise DataError(f"{where}{d}: row {bad} has {lengths[bad]} ids, row 0 has {width}; rows must have a fixed length")
+        raise DataError(
+            f"{where}{d}: row {bad} has {lengths[bad]} ids, row 0 has {width}; rows must have a fixed length"
+        )
     if seq_len is not None and width != seq_len + 1:
         raise DataError(f"{where}{d}: rows hold {width} ids but seq_len = {seq_len} needs seq_len + 1 = {seq_len + 1}")
     values = np.asarray(col.flatten())[: len(ds) * width]  # flatten() honours the array offset
@@ -158,8 +162,10 @@ class EpochStream:
 
     def load_state_dict(self, st: Mapping) -> None:
         if st.get("n_rows", len(self.rows)) != len(self.rows):
-            raise DataError(f"data stream '{self.name}': checkpoint cursor is for {st['n_rows']} rows, "
-                            f"the dataset now has {len(self.rows)} (tokenized data changed since the checkpoint)")
+            raise DataError(
+                f"data stream '{self.name}': checkpoint cursor is for {st['n_rows']} rows, "
+                f"the dataset now has {len(self.rows)} (tokenized data changed since the checkpoint)"
+            )
         self.epoch, self.pos = int(st["epoch"]), int(st["pos"])
         if "seed" in st:
             self.seed = int(st["seed"])
@@ -172,8 +178,9 @@ class MixtureSampler:
     the rest general. ``state_dict()`` / ``load_state_dict()`` make it resumable.
     """
 
-    def __init__(self, general: torch.Tensor | None, domain: torch.Tensor | None, ratio: float,
-                 batch_size: int, seed: int):
+    def __init__(
+        self, general: torch.Tensor | None, domain: torch.Tensor | None, ratio: float, batch_size: int, seed: int
+    ):
         if not 0.0 <= ratio <= 1.0:
             raise DataError(f"mixture ratio {ratio!r} must be in [0, 1]")
         self.batch_size = int(batch_size)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from cptlaws.errors import TrainingDiverged, TrainingInterrupted
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -14,16 +16,21 @@ def register(subparsers) -> None:
         "trainlog.parquet, meta.json and ckpt/ into out_dir. For DDP: torchrun --nproc_per_node N -m cptlaws.cli train CONFIG.",
     )
     p.add_argument("config", help="run config (YAML or JSON)")
-    p.add_argument("--resume", dest="resume", action=argparse.BooleanOptionalAction, default=True,
-                   help="continue from the latest complete checkpoint in out_dir (default); --no-resume deletes "
-                   "out_dir's checkpoints and outputs first")
+    p.add_argument(
+        "--resume",
+        dest="resume",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="continue from the latest complete checkpoint in out_dir (default); --no-resume deletes "
+        "out_dir's checkpoints and outputs first",
+    )
     p.add_argument("--threads", type=int, default=None, help="override runtime.threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=_run)
+    p.set_defaults(func=cmd_train)
 
 
-def _run(args) -> int:
-    from cptlaws.train import TrainingDiverged, TrainingInterrupted, load_config, train
+def cmd_train(args) -> int:
+    from cptlaws.train import load_config, train
 
     cfg = load_config(args.config)
     if args.threads is not None or args.no_progress:
@@ -41,6 +48,9 @@ def _run(args) -> int:
     except TrainingInterrupted as exc:
         print(f"cptlaws train: interrupted: {exc}", file=sys.stderr)
         return 128 + exc.signum  # the shell's code for death by that signal: schedulers read it as killed
-    print(f"{meta['run_id']}: {meta['status']}, {meta['final_step']} steps, {meta['tokens']} tokens, "
-          f"{meta['tokens_per_s']:.0f} tokens/s, {meta['wall_time_s']:.1f} s", file=sys.stderr)
+    print(
+        f"{meta['run_id']}: {meta['status']}, {meta['final_step']} steps, {meta['tokens']} tokens, "
+        f"{meta['tokens_per_s']:.0f} tokens/s, {meta['wall_time_s']:.1f} s",
+        file=sys.stderr,
+    )
     return 0

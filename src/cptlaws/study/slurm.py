@@ -6,11 +6,11 @@ status polls fail silently and Snakemake waits forever after the jobs have finis
 
 Use from a Snakefile (runs once, in the main Snakemake process, only when there are jobs to run):
 
-    from cptlaws.slurm import check_workflow
+    from cptlaws.study.slurm import check_workflow
     onstart:
         check_workflow(workflow)
 
-or by hand on a login node: ``python -m cptlaws.slurm [--status-command sacct|squeue]
+or by hand on a login node: ``python -m cptlaws.study.slurm [--status-command sacct|squeue]
 [--partition P] [--account A]``.
 """
 
@@ -24,12 +24,10 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 
+from cptlaws.errors import ClusterError
+
 # squeue forgets finished jobs after MinJobAge; the plugin needs them for at least a few polls.
 MIN_JOB_AGE_FOR_SQUEUE = 120
-
-
-class SlurmPreflightError(RuntimeError):
-    """SLURM is not usable for this run; the message lists every problem and what to do."""
 
 
 @dataclass
@@ -61,7 +59,7 @@ def preflight(
     accounts: list[str] | tuple[str, ...] = (),
     timeout: float = 30.0,
 ) -> PreflightReport:
-    """Check that SLURM can take and track jobs; raise SlurmPreflightError naming each problem.
+    """Check that SLURM can take and track jobs; raise ClusterError naming each problem.
 
     status_command: what the executor plugin will poll with ('sacct' or 'squeue'; None = plugin default,
     which is sacct when the binary exists).
@@ -73,7 +71,7 @@ def preflight(
             f"SLURM client commands not found on PATH: {', '.join(missing)}. Run Snakemake on the cluster's "
             "login node (or install slurm-client), or run locally with --profile profiles/local."
         )
-        raise SlurmPreflightError(_format(rep))
+        raise ClusterError(_format(rep))
 
     rc, out, err = _run(["sinfo", "-h", "-o", "%P|%a|%D|%T|%G"], timeout)
     if rc != 0:
@@ -81,7 +79,7 @@ def preflight(
             f"cannot reach the SLURM controller: `sinfo` failed ({_one_line(err or out)}). "
             "Check `scontrol ping`, that munge runs on this host, and SLURM_CONF."
         )
-        raise SlurmPreflightError(_format(rep))
+        raise ClusterError(_format(rep))
     rows = [ln.split("|") for ln in out.strip().splitlines() if ln.strip()]
     known = {r[0].rstrip("*"): r for r in rows}
     rep.info.append("partitions: " + ", ".join(sorted(known)) if known else "partitions: none")
@@ -138,7 +136,7 @@ def preflight(
                     f"{user}'s accounts: {', '.join(sorted(mine))}."
                 )
     if rep.problems:
-        raise SlurmPreflightError(_format(rep))
+        raise ClusterError(_format(rep))
     return rep
 
 
@@ -191,7 +189,7 @@ def check_workflow(workflow) -> None:
             partitions=sorted(_resource_values(workflow, "slurm_partition")),
             accounts=sorted(_resource_values(workflow, "slurm_account")),
         )
-    except SlurmPreflightError as exc:
+    except ClusterError as exc:
         raise WorkflowError(str(exc)) from None
     for w in rep.warnings:
         logger.warning(f"SLURM preflight: {w}")
@@ -199,7 +197,9 @@ def check_workflow(workflow) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m cptlaws.slurm", description="Check that SLURM can take and track jobs.")
+    ap = argparse.ArgumentParser(
+        prog="python -m cptlaws.study.slurm", description="Check that SLURM can take and track jobs."
+    )
     ap.add_argument("--status-command", choices=("sacct", "squeue"), default="sacct")
     ap.add_argument("--partition", action="append", default=[], help="partition(s) the profile uses")
     ap.add_argument("--account", action="append", default=[], help="account(s) the profile uses")
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         rep = preflight(args.status_command, args.partition, args.account, args.timeout)
-    except SlurmPreflightError as exc:
+    except ClusterError as exc:
         print(exc, file=sys.stderr)
         return 1
     for w in rep.warnings:

@@ -4,7 +4,7 @@ For cluster users: ``datasets.load_dataset(..., streaming=True)`` reads document
 ``encode_batch`` as the local path tokenizes them (``IterableDataset.map(batched=True)``), each document
 goes to train or valid by a seeded hash of its id (or its position in the stream), and reading stops
 once the TRAIN split holds ``token_budget`` tokens. Packing and writing are shared with local corpora
-(:func:`cptlaws.tokenize_data.write_token_dir`). Local files work through the packaged builders
+(:func:`cptlaws.data.tokenize.write_token_dir`). Local files work through the packaged builders
 (``dataset="json"`` / ``"text"`` / ``"parquet"`` with ``data_files``), which is how the tests run it
 with ``HF_HUB_OFFLINE=1``.
 """
@@ -20,13 +20,10 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from cptlaws.corpora import _unit_hash
-from cptlaws.tokenize_data import RowSpool, TokenizeError, encode_batch, write_token_dir
-from cptlaws.tokenizer import load_tokenizer
-
-
-class HubError(ValueError):
-    """A hub dataset could not be opened / read (message names the dataset)."""
+from cptlaws.data.corpora import _unit_hash
+from cptlaws.data.tokenize import RowSpool, encode_batch, write_token_dir
+from cptlaws.data.tokenizer import load_tokenizer
+from cptlaws.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -42,14 +39,18 @@ class HubSource:
 HUB_PRESETS: dict[str, HubSource] = {
     "fineweb": HubSource("HuggingFaceFW/fineweb", "sample-10BT", "text", "id", "ODC-By 1.0"),
     "knowledge-pile": HubSource("Query-of-CC/Knowledge_Pile", None, "content", None, "see dataset card"),
-    "pile-of-law": HubSource("pile-of-law/pile-of-law", "r_legaladvice", "text", None, "CC-BY-NC-SA 4.0 (mixed; see card)"),
+    "pile-of-law": HubSource(
+        "pile-of-law/pile-of-law", "r_legaladvice", "text", None, "CC-BY-NC-SA 4.0 (mixed; see card)"
+    ),
 }
 
 LOCAL_BUILDERS = {"json", "text", "csv", "parquet", "arrow"}
 
 
 def _offline() -> bool:
-    return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    return any(
+        os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )
 
 
 def _check_reachable(dataset: str, timeout: float = 5.0) -> None:
@@ -60,8 +61,10 @@ def _check_reachable(dataset: str, timeout: float = 5.0) -> None:
     try:
         socket.create_connection((host, port), timeout=timeout).close()
     except OSError as exc:
-        raise HubError(f"hub dataset {dataset!r}: cannot reach {host}:{port} ({exc}); this needs network access "
-                       "(or a pre-populated HF cache with HF_HUB_OFFLINE=1)") from None
+        raise DataError(
+            f"hub dataset {dataset!r}: cannot reach {host}:{port} ({exc}); this needs network access "
+            "(or a pre-populated HF cache with HF_HUB_OFFLINE=1)"
+        ) from None
 
 
 def open_stream(dataset: str, config: str | None = None, split: str = "train", data_files=None, **kwargs):
@@ -70,15 +73,16 @@ def open_stream(dataset: str, config: str | None = None, split: str = "train", d
 
     is_local = dataset in LOCAL_BUILDERS or Path(dataset).exists()
     if is_local and dataset in LOCAL_BUILDERS and not data_files:
-        raise HubError(f"dataset {dataset!r} is a local file builder and needs data_files")
+        raise DataError(f"dataset {dataset!r} is a local file builder and needs data_files")
     if not is_local and not _offline():
         _check_reachable(dataset)
     try:
         return load_dataset(dataset, name=config, split=split, data_files=data_files, streaming=True, **kwargs)
     except Exception as exc:  # datasets raises ConnectionError, FileNotFoundError, ValueError, ...
         hint = " (HF_HUB_OFFLINE is set and it is not cached)" if _offline() and not is_local else ""
-        raise HubError(f"cannot open dataset {dataset!r} (config {config!r}, split {split!r}){hint}: "
-                       f"{type(exc).__name__}: {exc}") from None
+        raise DataError(
+            f"cannot open dataset {dataset!r} (config {config!r}, split {split!r}){hint}: {type(exc).__name__}: {exc}"
+        ) from None
 
 
 def _plain(data_files):
@@ -92,11 +96,22 @@ def _plain(data_files):
     return [_plain(v) for v in data_files]
 
 
-def tokenize_stream(dataset: str, tokenizer_path: str | os.PathLike, out_dir: str | os.PathLike,
-                    token_budget: int, seq_len: int = 128, text_column: str | None = None,
-                    id_column: str | None = None, config: str | None = None, split: str = "train",
-                    data_files=None, valid_frac: float = 0.01, seed: int = 0, batch_size: int = 256,
-                    shuffle: bool = True) -> dict:
+def tokenize_stream(
+    dataset: str,
+    tokenizer_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    token_budget: int,
+    seq_len: int = 128,
+    text_column: str | None = None,
+    id_column: str | None = None,
+    config: str | None = None,
+    split: str = "train",
+    data_files=None,
+    valid_frac: float = 0.01,
+    seed: int = 0,
+    batch_size: int = 256,
+    shuffle: bool = True,
+) -> dict:
     """Stream ``dataset`` (a hub id, a preset name from :data:`HUB_PRESETS`, or a local builder with
     ``data_files``) into a token dir holding >= ``token_budget`` train tokens (or the whole stream) and
     >= ``valid_frac * token_budget`` valid tokens (documents whose id hashes below ``valid_frac``)."""
@@ -108,17 +123,21 @@ def tokenize_stream(dataset: str, tokenizer_path: str | os.PathLike, out_dir: st
     text_column = text_column or "text"
     data_files = _plain(data_files)
     if token_budget <= 0:
-        raise TokenizeError(f"token_budget must be > 0, got {token_budget}")
+        raise DataError(f"token_budget must be > 0, got {token_budget}")
     if not 0.0 < valid_frac < 1.0:
-        raise TokenizeError(f"valid_frac must be in (0, 1), got {valid_frac}")
+        raise DataError(f"valid_frac must be in (0, 1), got {valid_frac}")
     load_tokenizer(tokenizer_path)  # fail early, naming the file
     stream = open_stream(dataset, config, split, data_files)
     cols = getattr(stream, "column_names", None)
     if cols is not None and text_column not in cols:
-        raise HubError(f"dataset {dataset!r} has no text column {text_column!r}; columns: {cols}")
+        raise DataError(f"dataset {dataset!r} has no text column {text_column!r}; columns: {cols}")
     keep = [text_column] + ([id_column] if id_column else [])
-    enc = stream.select_columns(keep).map(encode_batch, batched=True, batch_size=batch_size,
-                                          fn_kwargs={"tokenizer_path": str(tokenizer_path), "text_column": text_column})
+    enc = stream.select_columns(keep).map(
+        encode_batch,
+        batched=True,
+        batch_size=batch_size,
+        fn_kwargs={"tokenizer_path": str(tokenizer_path), "text_column": text_column},
+    )
     # valid gets its share of the budget (at least one row), so a tiny valid_frac still yields a valid set
     min_valid = max(seq_len + 1, int(valid_frac * token_budget))
     out_dir = Path(out_dir)
@@ -142,21 +161,34 @@ def tokenize_stream(dataset: str, tokenizer_path: str | os.PathLike, out_dir: st
                 counts[s]["bytes"] += int(ex["n_bytes"])
                 if counts["train"]["tokens"] >= token_budget and counts["valid"]["tokens"] >= min_valid:
                     break
-        except (HubError, TokenizeError):
+        except DataError:
             raise
         except Exception as exc:
-            raise HubError(f"reading dataset {dataset!r} failed after {sum(c['docs'] for c in counts.values())} "
-                           f"documents: {type(exc).__name__}: {exc}") from None
+            raise DataError(
+                f"reading dataset {dataset!r} failed after {sum(c['docs'] for c in counts.values())} "
+                f"documents: {type(exc).__name__}: {exc}"
+            ) from None
         for s in parts:
             if not counts[s]["docs"]:
-                raise HubError(f"dataset {dataset!r}: no documents went to split {s!r} "
-                               f"(stream too short for valid_frac={valid_frac}?)")
+                raise DataError(
+                    f"dataset {dataset!r}: no documents went to split {s!r} "
+                    f"(stream too short for valid_frac={valid_frac}?)"
+                )
         streams = {s: (parts[s], counts[s]["docs"], counts[s]["bytes"]) for s in parts}
-        source = {"kind": "hub", "name": dataset, "config": config, "split": split, "text_column": text_column,
-                  "id_column": id_column, "data_files": data_files, "token_budget": int(token_budget),
-                  "valid_frac": valid_frac, "licence": preset.licence if preset else None,
-                  "budget_reached": counts["train"]["tokens"] >= token_budget}
+        source = {
+            "kind": "hub",
+            "name": dataset,
+            "config": config,
+            "split": split,
+            "text_column": text_column,
+            "id_column": id_column,
+            "data_files": data_files,
+            "token_budget": int(token_budget),
+            "valid_frac": valid_frac,
+            "licence": preset.licence if preset else None,
+            "budget_reached": counts["train"]["tokens"] >= token_budget,
+        }
         return write_token_dir(out_dir, streams, seq_len, tokenizer_path, source, seed=seed, shuffle=shuffle)
 
 
-__all__ = ["HUB_PRESETS", "HubError", "HubSource", "open_stream", "tokenize_stream"]
+__all__ = ["HUB_PRESETS", "DataError", "HubSource", "open_stream", "tokenize_stream"]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -22,14 +21,12 @@ from scipy.optimize import minimize
 from scipy.stats import qmc
 
 from cptlaws.areas import DEFAULT_LAMBDA
-from cptlaws.laws import Law, get_law
+from cptlaws.errors import FitError, InputError
+from cptlaws.laws import get_law
+from cptlaws.laws.base import Law
 
 LAMBDA_RANGE = (0.99, 0.9997)
 _BIG = 1e30
-
-
-class FitError(ValueError):
-    """A fit that cannot succeed (too few points, bad data, no converged start)."""
 
 
 # ------------------------------------------------------------------------------------ point selection
@@ -99,7 +96,7 @@ class _Problem:
         for a in range(0, U.shape[0], chunk):
             Ub = U[a : a + chunk]
             P = {}
-            for j, n in enumerate(self.names):
+            for n in self.names:
                 if n in self.fixed:
                     P[n] = np.full((Ub.shape[0], 1), self.fixed[n])
             for k, i in enumerate(self.free):
@@ -172,12 +169,18 @@ def _multistart(prob: _Problem, law: Law, y, n_starts: int, n_refine: int, rng, 
         # screen[1] best partial runs continue to convergence (one slow start cannot eat the budget)
         part = []
         for x0 in x0s:
-            res = minimize(prob.value_grad, x0, jac=True, method="L-BFGS-B", bounds=bnds,
-                           options={**opts, "maxiter": int(screen[0])})
+            res = minimize(
+                prob.value_grad,
+                x0,
+                jac=True,
+                method="L-BFGS-B",
+                bounds=bnds,
+                options={**opts, "maxiter": int(screen[0])},
+            )
             if np.isfinite(res.fun) and res.fun < _BIG:
                 part.append((float(res.fun), res.x, bool(res.success)))
         part.sort(key=lambda t: t[0])
-        for f0, x, ok in part[screen[1]:]:
+        for f0, x, ok in part[screen[1] :]:
             results.append((f0 / prob.scale, x, ok))  # kept for the n_near / n_refined diagnostics
         x0s = [x for _, x, _ in part[: screen[1]]]
     for x0 in x0s:
@@ -191,10 +194,16 @@ def _multistart(prob: _Problem, law: Law, y, n_starts: int, n_refine: int, rng, 
     best = results[0]
     tol = 0.01 * abs(best[0]) + 1e-15
     n_near = sum(1 for f, _, _ in results if f - best[0] <= tol)
+    # L-BFGS-B often ends its best run with an ABNORMAL line search at machine precision; the optimum is
+    # converged when that run or another start that reached the same objective (within tol) converged
+    converged = any(ok and f - best[0] <= tol for f, _, ok in results)
     span = prob.hi - prob.lo
-    at_b = [prob.names[prob.free[j]] for j in range(k)
-            if min(best[1][j] - prob.lo[j], prob.hi[j] - best[1][j]) <= 1e-6 * span[j]]
-    return _Run(best[0], prob.to_params(best[1]), best[2], n_near, len(results), at_b)
+    at_b = [
+        prob.names[prob.free[j]]
+        for j in range(k)
+        if min(best[1][j] - prob.lo[j], prob.hi[j] - best[1][j]) <= 1e-6 * span[j]
+    ]
+    return _Run(best[0], prob.to_params(best[1]), converged, n_near, len(results), at_b)
 
 
 # ------------------------------------------------------------------------------------------- result
@@ -229,13 +238,15 @@ class FitResult:
     def predict(self, curves, band: bool = False, level: float = 0.95) -> pd.DataFrame:
         """Predictions as a DataFrame: run_id, step, split, loss, pred (+ pred_lo, pred_hi with band)."""
         preds = self.predict_arrays(curves)
-        df = pd.DataFrame({
-            "run_id": np.concatenate([[c.run_id] * len(c.steps) for c in curves]) if curves else [],
-            "step": np.concatenate([c.steps for c in curves]) if curves else [],
-            "split": np.concatenate([[c.split] * len(c.steps) for c in curves]) if curves else [],
-            "loss": np.concatenate([c.loss for c in curves]) if curves else [],
-            "pred": np.concatenate(preds) if curves else [],
-        })
+        df = pd.DataFrame(
+            {
+                "run_id": np.concatenate([[c.run_id] * len(c.steps) for c in curves]) if curves else [],
+                "step": np.concatenate([c.steps for c in curves]) if curves else [],
+                "split": np.concatenate([[c.split] * len(c.steps) for c in curves]) if curves else [],
+                "loss": np.concatenate([c.loss for c in curves]) if curves else [],
+                "pred": np.concatenate(preds) if curves else [],
+            }
+        )
         if band:
             if not self.bootstrap_params:
                 df["pred_lo"] = np.nan
@@ -253,26 +264,40 @@ class FitResult:
 
     def to_dict(self) -> dict:
         return {
-            "law": self.law, "law_options": self.law_options, "split": self.split, "params": self.params,
-            "lam": self.lam, "intervals": self.intervals, "diagnostics": self.diagnostics,
-            "fit_runs": self.fit_runs, "heldout": self.heldout, "options": self.options,
+            "law": self.law,
+            "law_options": self.law_options,
+            "split": self.split,
+            "params": self.params,
+            "lam": self.lam,
+            "intervals": self.intervals,
+            "diagnostics": self.diagnostics,
+            "fit_runs": self.fit_runs,
+            "heldout": self.heldout,
+            "options": self.options,
             "bootstrap_params": self.bootstrap_params,
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "FitResult":
+    def from_dict(cls, d: dict) -> FitResult:
         for k in ("law", "params", "lam"):
             if k not in d:
-                raise ValueError(f"fit JSON: missing key '{k}'")
+                raise InputError(f"fit JSON: missing key '{k}'")
         law = get_law(d["law"], **d.get("law_options", {}))
         missing = sorted(set(law.params) - set(d["params"]))
         if missing:
-            raise ValueError(f"fit JSON: law '{d['law']}' needs params {missing}")
+            raise InputError(f"fit JSON: law '{d['law']}' needs params {missing}")
         return cls(
-            law=d["law"], params={k: float(v) for k, v in d["params"].items()}, lam=float(d["lam"]),
-            split=d.get("split"), law_options=d.get("law_options", {}), intervals=d.get("intervals", {}),
-            diagnostics=d.get("diagnostics", {}), fit_runs=list(d.get("fit_runs", [])), heldout=d.get("heldout", {}),
-            options=d.get("options", {}), bootstrap_params=list(d.get("bootstrap_params", [])),
+            law=d["law"],
+            params={k: float(v) for k, v in d["params"].items()},
+            lam=float(d["lam"]),
+            split=d.get("split"),
+            law_options=d.get("law_options", {}),
+            intervals=d.get("intervals", {}),
+            diagnostics=d.get("diagnostics", {}),
+            fit_runs=list(d.get("fit_runs", [])),
+            heldout=d.get("heldout", {}),
+            options=d.get("options", {}),
+            bootstrap_params=list(d.get("bootstrap_params", [])),
         )
 
 
@@ -352,10 +377,20 @@ def _fit_law(
         lam = float(lam)
         if not 0.0 <= lam < 1.0:
             raise FitError(f"lam = {lam!r} must be in [0, 1)")
+
     def nested(name, cs):
-        return _fit_law(name, cs, n_starts=max(n_starts // 2, 50), lam=lam if not fit_lam else DEFAULT_LAMBDA,
-                        huber_delta=huber_delta, drop_warmup=False, seed=seed, warmup_as_peak=warmup_as_peak,
-                        n_refine=n_refine, warm_start=False)
+        return _fit_law(
+            name,
+            cs,
+            n_starts=max(n_starts // 2, 50),
+            lam=lam if not fit_lam else DEFAULT_LAMBDA,
+            huber_delta=huber_delta,
+            drop_warmup=False,
+            seed=seed,
+            warmup_as_peak=warmup_as_peak,
+            n_refine=n_refine,
+            warm_start=False,
+        )
 
     starts = law.warm_starts(sel, nested) if warm_start else []
     extra = [np.array([float(s[n]) for n in law.params]) for s in starts]
@@ -366,8 +401,19 @@ def _fit_law(
         xs = np.linspace(math.log(1 - lam_range[1]), math.log(1 - lam_range[0]), 8)
         runs = []
         for x in xs:
-            r, _ = _fit_at_lambda(law, sel, 1 - math.exp(x), y, n_starts, n_refine, huber_delta, fixed, rng,
-                                  warmup_as_peak, ([runs[-1][1].p] if runs else []) + extra)
+            r, _ = _fit_at_lambda(
+                law,
+                sel,
+                1 - math.exp(x),
+                y,
+                n_starts,
+                n_refine,
+                huber_delta,
+                fixed,
+                rng,
+                warmup_as_peak,
+                ([runs[-1][1].p] if runs else []) + extra,
+            )
             runs.append((x, r))
             lam_trace.append((1 - math.exp(x), r.obj))
         j = int(np.argmin([r.obj for _, r in runs]))
@@ -378,8 +424,19 @@ def _fit_law(
         def f(x):
             nonlocal best_x, best
             if x not in cache:
-                r, _ = _fit_at_lambda(law, sel, 1 - math.exp(x), y, max(n_starts // 10, 20), max(n_refine // 3, 2),
-                                      huber_delta, fixed, rng, warmup_as_peak, [best.p])
+                r, _ = _fit_at_lambda(
+                    law,
+                    sel,
+                    1 - math.exp(x),
+                    y,
+                    max(n_starts // 10, 20),
+                    max(n_refine // 3, 2),
+                    huber_delta,
+                    fixed,
+                    rng,
+                    warmup_as_peak,
+                    [best.p],
+                )
                 cache[x] = r
                 lam_trace.append((1 - math.exp(x), r.obj))
                 if r.obj < best.obj:
@@ -402,24 +459,45 @@ def _fit_law(
         run = best
     params = {n: float(v) for n, v in zip(law.params, run.p)}
     result = FitResult(
-        law=law.name, params=params, lam=float(lam), split=curves[0].split if len({c.split for c in curves}) == 1 else None,
-        law_options=law.options(), fit_runs=sorted({c.run_id for c in curves}),
-        options={"warmup_as_peak": warmup_as_peak, "huber_delta": huber_delta, "drop_warmup": drop_warmup,
-                 "drop_first_frac": drop_first_frac, "lam_fitted": fit_lam, "n_refine": n_refine, "seed": seed,
-                 "fixed": dict(fixed or {}), "n_init_starts": len(starts)},
+        law=law.name,
+        params=params,
+        lam=float(lam),
+        split=curves[0].split if len({c.split for c in curves}) == 1 else None,
+        law_options=law.options(),
+        fit_runs=sorted({c.run_id for c in curves}),
+        options={
+            "warmup_as_peak": warmup_as_peak,
+            "huber_delta": huber_delta,
+            "drop_warmup": drop_warmup,
+            "drop_first_frac": drop_first_frac,
+            "lam_fitted": fit_lam,
+            "n_refine": n_refine,
+            "seed": seed,
+            "fixed": dict(fixed or {}),
+            "n_init_starts": len(starts),
+        },
     )
     diag = {
-        "objective": run.obj, "n_starts": int(n_starts), "n_refined": run.n_refined, "n_near_best": run.n_near,
-        "at_bound": run.at_bound, "n_points": int(n_pts), "dropped_warmup_points": int(dropped_w),
+        "objective": run.obj,
+        "n_starts": int(n_starts),
+        "n_refined": run.n_refined,
+        "n_near_best": run.n_near,
+        "at_bound": run.at_bound,
+        "n_points": int(n_pts),
+        "dropped_warmup_points": int(dropped_w),
         "converged": bool(run.success),
     }
     if lam_trace:
         diag["lambda_trace"] = [[float(a), float(b)] for a, b in sorted(lam_trace)]
     if bootstrap:
-        result.bootstrap_params = _bootstrap(law, sel, result, bootstrap, n_starts, huber_delta, fixed, rng, warmup_as_peak)
+        result.bootstrap_params = _bootstrap(
+            law, sel, result, bootstrap, n_starts, huber_delta, fixed, rng, warmup_as_peak
+        )
         arr = np.array([[bp[n] for n in law.params] for bp in result.bootstrap_params])
-        result.intervals = {n: [float(np.quantile(arr[:, i], 0.025)), float(np.quantile(arr[:, i], 0.975))]
-                            for i, n in enumerate(law.params)}
+        result.intervals = {
+            n: [float(np.quantile(arr[:, i], 0.025)), float(np.quantile(arr[:, i], 0.975))]
+            for i, n in enumerate(law.params)
+        }
         diag["bootstrap"] = {"n": int(bootstrap), "unit": "curve" if len(sel) > 1 else "point", "lam": "fixed at fit"}
     diag["wall_s"] = round(time.perf_counter() - t0, 4)
     result.diagnostics = diag
@@ -441,7 +519,9 @@ def _bootstrap(law, sel, result, B, n_starts, delta, fixed, rng, warmup_as_peak)
             cs = [dataclasses.replace(c, steps=c.steps[idx], loss=c.loss[idx])]
         y = np.concatenate([c.loss for c in cs])
         try:
-            r, _ = _fit_at_lambda(law, cs, result.lam, y, max(n_starts // 5, 20), 3, delta, fixed, rng, warmup_as_peak, [p0])
+            r, _ = _fit_at_lambda(
+                law, cs, result.lam, y, max(n_starts // 5, 20), 3, delta, fixed, rng, warmup_as_peak, [p0]
+            )
         except FitError:
             continue
         out.append({n: float(v) for n, v in zip(law.params, r.p)})

@@ -35,11 +35,12 @@ from typing import Any
 
 import numpy as np
 
-from cptlaws import data as D
-from cptlaws.io import atomic_path, write_json, write_parquet
-from cptlaws.model import ModelConfigError, resolve_model_spec
-from cptlaws.schedules import ScheduleError, lr_array, phase_lrs
+from cptlaws.data import rows as D
+from cptlaws.errors import ConfigError, InputError, ScheduleError, TrainingDiverged, TrainingInterrupted
+from cptlaws.io import atomic_dir, atomic_path, clean_tmp_dirs, write_json, write_parquet
+from cptlaws.schedules import lr_array, phase_lrs
 from cptlaws.schedules import validate as validate_schedule
+from cptlaws.train.model import resolve_model_spec
 
 CKPT_STATE = "state.pt"
 CKPT_META = "meta.json"
@@ -48,20 +49,6 @@ RUN_OUTPUTS = ("curve.parquet", "trainlog.parquet", "meta.json")  # meta.json la
 # then fails (its epilogue crossing the SLURM time limit: TIMEOUT) has them deleted; the retry restores them
 FINAL_DIR = "final"
 KILL_ENV = "CPTLAWS_KILL_AFTER_STEP"  # test hook: hard-exit (like SIGKILL) after this global step
-
-
-class ConfigError(ValueError):
-    """A run config that cannot be trained; the message names the file and the key."""
-
-
-class TrainingInterrupted(RuntimeError):
-    """SIGTERM or SIGUSR1 (a SLURM time limit, preemption, scancel): the run checkpointed the step it was on
-    and stopped; training it again resumes there."""
-
-    def __init__(self, msg: str, step: int, signum: int):
-        super().__init__(msg)
-        self.step = step
-        self.signum = signum
 
 
 # SLURM sends SIGTERM at a time limit or preemption and SIGKILL KillWait seconds later; SIGUSR1 is the
@@ -88,20 +75,29 @@ def _catch_stop_signals(flag: list) -> Callable[[], None]:
     return restore
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN/inf. The run's outputs so far were written with status 'diverged'."""
-
-    def __init__(self, msg: str, step: int):
-        super().__init__(msg)
-        self.step = step
-
-
 # ----------------------------------------------------------------------------------------------------
 # config
 # ----------------------------------------------------------------------------------------------------
-TOP_KEYS = ("run_id", "phase", "out_dir", "seed", "model", "tokenizer", "data", "valid", "batch_size",
-            "seq_len", "steps", "eval_every", "eval_batches", "schedule", "optim", "init", "checkpoint",
-            "runtime")
+TOP_KEYS = (
+    "run_id",
+    "phase",
+    "out_dir",
+    "seed",
+    "model",
+    "tokenizer",
+    "data",
+    "valid",
+    "batch_size",
+    "seq_len",
+    "steps",
+    "eval_every",
+    "eval_batches",
+    "schedule",
+    "optim",
+    "init",
+    "checkpoint",
+    "runtime",
+)
 DATA_KEYS = ("general", "domain", "ratio")
 OPTIM_KEYS = ("betas", "weight_decay", "grad_clip", "eps")
 INIT_KEYS = ("checkpoint", "pt_schedule", "pt_steps", "transfer_step", "optimizer", "data_cursor")
@@ -109,9 +105,15 @@ CKPT_KEYS = ("transfer_steps", "every", "keep_last", "keep_periodic")
 RUNTIME_KEYS = ("threads", "device", "dtype", "compile", "fused_adamw", "progress", "sync_every", "micro_batch")
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 # keys that do not change the numbers a run produces: excluded from the resume hash
-_HASH_EXCLUDE = {("out_dir",), ("checkpoint", "every"), ("checkpoint", "keep_last"),
-                 ("checkpoint", "keep_periodic"), ("runtime", "threads"), ("runtime", "progress"),
-                 ("runtime", "sync_every")}
+_HASH_EXCLUDE = {
+    ("out_dir",),
+    ("checkpoint", "every"),
+    ("checkpoint", "keep_last"),
+    ("checkpoint", "keep_periodic"),
+    ("runtime", "threads"),
+    ("runtime", "progress"),
+    ("runtime", "sync_every"),
+}
 
 
 def load_config(path: str | os.PathLike) -> dict:
@@ -166,8 +168,17 @@ class _V:
             self.fail(path, f"must be >= {minimum}", v)
         return int(v)
 
-    def number(self, obj, key: str, path: str, default=..., lo: float | None = None, hi: float | None = None,
-               lo_open: bool = False, hi_open: bool = False) -> float:
+    def number(
+        self,
+        obj,
+        key: str,
+        path: str,
+        default=...,
+        lo: float | None = None,
+        hi: float | None = None,
+        lo_open: bool = False,
+        hi_open: bool = False,
+    ) -> float:
         if key not in obj or obj[key] is None:
             if default is ...:
                 self.fail(path, "missing")
@@ -181,7 +192,9 @@ class _V:
         if lo is not None and (v < lo or (lo_open and v == lo)) or hi is not None and (v > hi or (hi_open and v == hi)):
             lb = "(" if lo_open else "["
             rb = ")" if hi_open else "]"
-            self.fail(path, f"must be in {lb}{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}{rb}", v)
+            self.fail(
+                path, f"must be in {lb}{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}{rb}", v
+            )
         return float(v)
 
     def boolean(self, obj, key: str, path: str, default=...) -> bool:
@@ -230,7 +243,7 @@ def validate_config(raw: Mapping, source: str = "", check_paths: bool = True) ->
     out["seed"] = v.integer(cfg, "seed", "seed", default=0)
     try:
         out["model"] = resolve_model_spec(cfg.get("model", {"preset": "tiny"}))
-    except ModelConfigError as exc:
+    except ConfigError as exc:
         raise ConfigError(f"config{(' ' + source) if source else ''}: {exc}") from None
     out["tokenizer"] = v.path(cfg, "tokenizer", "tokenizer", must_exist=check_paths, default=None)
     for k in ("batch_size", "seq_len", "steps", "eval_every", "eval_batches"):
@@ -242,9 +255,11 @@ def validate_config(raw: Mapping, source: str = "", check_paths: bool = True) ->
     ratio = v.number(dat, "ratio", "data.ratio", default=None if cpt else 0.0, lo=0.0, hi=1.0)
     if ratio is None:
         v.fail("data.ratio", "missing (domain share r of every CPT batch, in [0, 1])")
-    out["data"] = {"general": v.path(dat, "general", "data.general", check_paths, default=None),
-                   "domain": v.path(dat, "domain", "data.domain", check_paths, default=None),
-                   "ratio": ratio}
+    out["data"] = {
+        "general": v.path(dat, "general", "data.general", check_paths, default=None),
+        "domain": v.path(dat, "domain", "data.domain", check_paths, default=None),
+        "ratio": ratio,
+    }
     nd = D.n_domain_rows(ratio, out["batch_size"])
     if nd > 0 and out["data"]["domain"] is None:
         v.fail("data.domain", f"missing (data.ratio = {ratio} puts {nd} domain rows in every batch)")
@@ -278,10 +293,12 @@ def validate_config(raw: Mapping, source: str = "", check_paths: bool = True) ->
     if not isinstance(betas, (list, tuple)) or len(betas) != 2:
         v.fail("optim.betas", "must be a list of two numbers in [0, 1)", betas)
     bl = [v.number({"b": b}, "b", f"optim.betas[{i}]", lo=0.0, hi=1.0, hi_open=True) for i, b in enumerate(betas)]
-    out["optim"] = {"betas": bl,
-                    "weight_decay": v.number(opt, "weight_decay", "optim.weight_decay", default=0.1, lo=0.0),
-                    "grad_clip": v.number(opt, "grad_clip", "optim.grad_clip", default=1.0, lo=0.0),
-                    "eps": v.number(opt, "eps", "optim.eps", default=1e-8, lo=0.0, lo_open=True)}
+    out["optim"] = {
+        "betas": bl,
+        "weight_decay": v.number(opt, "weight_decay", "optim.weight_decay", default=0.1, lo=0.0),
+        "grad_clip": v.number(opt, "grad_clip", "optim.grad_clip", default=1.0, lo=0.0),
+        "eps": v.number(opt, "eps", "optim.eps", default=1e-8, lo=0.0, lo_open=True),
+    }
 
     offset = 0
     if cpt:
@@ -304,8 +321,9 @@ def validate_config(raw: Mapping, source: str = "", check_paths: bool = True) ->
         else:
             v.fail("init.pt_schedule", "missing (the PT run's schedule spec)")
         o["pt_steps"] = v.integer(ini, "pt_steps", "init.pt_steps", default=pt_cfg.get("steps", ...), minimum=1)
-        o["transfer_step"] = v.integer(ini, "transfer_step", "init.transfer_step",
-                                       default=ck_meta.get("step", ...), minimum=1)
+        o["transfer_step"] = v.integer(
+            ini, "transfer_step", "init.transfer_step", default=ck_meta.get("step", ...), minimum=1
+        )
         if "step" in ck_meta and ck_meta["step"] != o["transfer_step"]:
             v.fail("init.transfer_step", f"the checkpoint {ck} is at step {ck_meta['step']}", o["transfer_step"])
         if o["transfer_step"] > o["pt_steps"]:
@@ -344,12 +362,18 @@ def validate_config(raw: Mapping, source: str = "", check_paths: bool = True) ->
     for i, t in enumerate(ts):
         t = v.integer({"t": t}, "t", f"checkpoint.transfer_steps[{i}]", minimum=1)
         if not offset < t <= offset + out["steps"]:
-            v.fail(f"checkpoint.transfer_steps[{i}]", f"must be a global step in [{offset + 1}, {offset + out['steps']}]", t)
+            v.fail(
+                f"checkpoint.transfer_steps[{i}]",
+                f"must be a global step in [{offset + 1}, {offset + out['steps']}]",
+                t,
+            )
         tsl.append(t)
-    out["checkpoint"] = {"transfer_steps": sorted(set(tsl)),
-                         "every": v.integer(ckc, "every", "checkpoint.every", default=0),
-                         "keep_last": v.integer(ckc, "keep_last", "checkpoint.keep_last", default=1, minimum=1),
-                         "keep_periodic": v.boolean(ckc, "keep_periodic", "checkpoint.keep_periodic", default=False)}
+    out["checkpoint"] = {
+        "transfer_steps": sorted(set(tsl)),
+        "every": v.integer(ckc, "every", "checkpoint.every", default=0),
+        "keep_last": v.integer(ckc, "keep_last", "checkpoint.keep_last", default=1, minimum=1),
+        "keep_periodic": v.boolean(ckc, "keep_periodic", "checkpoint.keep_periodic", default=False),
+    }
 
     rt = v.mapping(cfg.get("runtime", {}), "runtime", RUNTIME_KEYS)
     out["runtime"] = {
@@ -407,28 +431,10 @@ def _ckpt_dirs(out_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-@contextlib.contextmanager
-def _atomic_dir(path: Path):
-    """Yield a temporary sibling dir to fill; then fsync its files and rename it onto ``path``: a kill leaves
-    no partial ``path`` (the ``.tmp-*`` debris is removed when the run starts again)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".tmp-{path.name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    yield tmp
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    if path.exists():  # re-saving the same step (a restarted run) or the final copy: the old one is replaced
-        shutil.rmtree(path)
-    os.replace(tmp, path)
-
-
 def _save_checkpoint(path: Path, state: dict, meta: dict) -> None:
     import torch
 
-    with _atomic_dir(path) as tmp:
+    with atomic_dir(path) as tmp:
         torch.save(state, tmp / CKPT_STATE)
         (tmp / CKPT_META).write_text(json.dumps(meta, indent=2, default=str) + "\n")
 
@@ -438,7 +444,7 @@ def load_checkpoint(path: str | Path) -> dict:
 
     p = Path(path)
     if not (p / CKPT_STATE).is_file():
-        raise FileNotFoundError(f"checkpoint {p}: no {CKPT_STATE}")
+        raise InputError(f"checkpoint {p}: no {CKPT_STATE}")
     return torch.load(p / CKPT_STATE, map_location="cpu", weights_only=False)
 
 
@@ -471,8 +477,14 @@ def _versions() -> dict:
 
     from cptlaws import __version__
 
-    return {"cptlaws": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "datasets": datasets.__version__, "numpy": np.__version__}
+    return {
+        "cptlaws": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "datasets": datasets.__version__,
+        "numpy": np.__version__,
+    }
 
 
 def _dist_env() -> tuple[int, int, int]:
@@ -501,8 +513,13 @@ def _param_groups(model, weight_decay: float):
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def train(config: Mapping | str | os.PathLike, *, resume: bool = True,
-          after_step: Callable[[int], None] | None = None, source: str = "") -> dict:
+def train(
+    config: Mapping | str | os.PathLike,
+    *,
+    resume: bool = True,
+    after_step: Callable[[int], None] | None = None,
+    source: str = "",
+) -> dict:
     """Run (or resume) one training run; returns its meta dict.
 
     ``config`` is a path or a raw mapping. ``after_step(global_step)`` is called after each step's logging and
@@ -547,13 +564,16 @@ def train(config: Mapping | str | os.PathLike, *, resume: bool = True,
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if on_cuda else "gloo")
     if cfg["batch_size"] % world:
-        raise ConfigError(f"config {source}: key 'batch_size' = {cfg['batch_size']}: must be divisible by the "
-                          f"{world} DDP processes")
+        raise ConfigError(
+            f"config {source}: key 'batch_size' = {cfg['batch_size']}: must be divisible by the {world} DDP processes"
+        )
     per_rank = cfg["batch_size"] // world
     micro = rt["micro_batch"] or per_rank
     if per_rank % micro:
-        raise ConfigError(f"config {source}: key 'runtime.micro_batch' = {micro}: must divide the per-process "
-                          f"batch ({per_rank} rows = batch_size / {world} processes)")
+        raise ConfigError(
+            f"config {source}: key 'runtime.micro_batch' = {micro}: must divide the per-process "
+            f"batch ({per_rank} rows = batch_size / {world} processes)"
+        )
     n_micro = per_rank // micro
 
     def barrier():
@@ -570,8 +590,7 @@ def train(config: Mapping | str | os.PathLike, *, resume: bool = True,
                 elif p.exists():
                     p.unlink()
         out_dir.mkdir(parents=True, exist_ok=True)
-        for stale in (out_dir / "ckpt").glob(".tmp-*") if (out_dir / "ckpt").is_dir() else []:
-            shutil.rmtree(stale, ignore_errors=True)  # left by a kill during a checkpoint write
+        clean_tmp_dirs(out_dir / "ckpt")  # left by a kill during a checkpoint write
         if resume:
             _restore_final_outputs(out_dir, chash, run, cfg)
     barrier()
@@ -589,15 +608,19 @@ def train(config: Mapping | str | os.PathLike, *, resume: bool = True,
     nd = D.n_domain_rows(cfg["data"]["ratio"], B)
     general = D.load_rows(cfg["data"]["general"], "train", seq_len, "data.general") if nd < B else None
     domain = D.load_rows(cfg["data"]["domain"], "train", seq_len, "data.domain") if nd > 0 else None
-    valid = {k: D.validation_rows(D.load_rows(p, "valid", seq_len, f"valid.{k}"), cfg["eval_batches"], B)
-             for k, p in cfg["valid"].items()}
-    for key, rows in [("data.general", general), ("data.domain", domain)] + [(f"valid.{k}", r) for k, r in valid.items()]:
+    valid = {
+        k: D.validation_rows(D.load_rows(p, "valid", seq_len, f"valid.{k}"), cfg["eval_batches"], B)
+        for k, p in cfg["valid"].items()
+    }
+    for key, rows in [("data.general", general), ("data.domain", domain)] + [
+        (f"valid.{k}", r) for k, r in valid.items()
+    ]:
         if rows is not None and int(rows.max()) >= vocab:
             raise D.DataError(f"key '{key}': token id {int(rows.max())} >= vocab_size {vocab} (tokenizer mismatch?)")
     sampler = D.MixtureSampler(general, domain, cfg["data"]["ratio"], B, cfg["seed"])
 
     # ---- model, optimizer, LR
-    from cptlaws.model import attention_for, build_model, count_params
+    from cptlaws.train.model import attention_for, build_model, count_params
 
     attn = attention_for(device.type, dtype)
     model = build_model(cfg["model"], vocab, seq_len, seed=cfg["seed"], attn_implementation=attn).to(device)
@@ -606,8 +629,9 @@ def train(config: Mapping | str | os.PathLike, *, resume: bool = True,
 
     def make_opt():
         kw = {"fused": True} if fused else {}
-        return torch.optim.AdamW(_param_groups(model, o["weight_decay"]), lr=0.0, betas=tuple(o["betas"]),
-                                 eps=o["eps"], **kw)
+        return torch.optim.AdamW(
+            _param_groups(model, o["weight_decay"]), lr=0.0, betas=tuple(o["betas"]), eps=o["eps"], **kw
+        )
 
     opt = make_opt()
     full_lrs = lr_history(cfg)
@@ -626,8 +650,10 @@ def train(config: Mapping | str | os.PathLike, *, resume: bool = True,
         step_c, path_c = ckpts[-1]
         cmeta = json.loads((path_c / CKPT_META).read_text())
         if cmeta.get("config_hash") != chash:
-            raise ConfigError(f"run {run}: {out_dir} holds checkpoints of a different config (first difference: "
-                              f"{_first_diff(cmeta.get('config', {}), cfg)}); rerun with --no-resume to start over")
+            raise ConfigError(
+                f"run {run}: {out_dir} holds checkpoints of a different config (first difference: "
+                f"{_first_diff(cmeta.get('config', {}), cfg)}); rerun with --no-resume to start over"
+            )
         st = load_checkpoint(path_c)
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
@@ -690,11 +716,29 @@ def train(config: Mapping | str | os.PathLike, *, resume: bool = True,
     def add_eval(step: int, tokens: int, lr: float, train_loss: float | None):
         ev = evaluate()
         for name, loss in ev.items():
-            curve_rows.append({"run_id": run, "phase": cfg["phase"], "step": step, "tokens": tokens, "lr": lr,
-                               "split": name, "loss": loss})
+            curve_rows.append(
+                {
+                    "run_id": run,
+                    "phase": cfg["phase"],
+                    "step": step,
+                    "tokens": tokens,
+                    "lr": lr,
+                    "split": name,
+                    "loss": loss,
+                }
+            )
         if train_loss is not None:
-            curve_rows.append({"run_id": run, "phase": cfg["phase"], "step": step, "tokens": tokens, "lr": lr,
-                               "split": "train", "loss": train_loss})
+            curve_rows.append(
+                {
+                    "run_id": run,
+                    "phase": cfg["phase"],
+                    "step": step,
+                    "tokens": tokens,
+                    "lr": lr,
+                    "split": "train",
+                    "loss": train_loss,
+                }
+            )
         return ev
 
     t_start = time.perf_counter()
@@ -705,17 +749,36 @@ def train(config: Mapping | str | os.PathLike, *, resume: bool = True,
     def meta(status: str, **extra) -> dict:
         w = wall()
         done_tokens = (len(tlog["step"])) * tokens_per_step
-        return {"run_id": run, "phase": cfg["phase"], "status": status, "config": cfg, "config_hash": chash,
-                "n_params": n_params, "n_nonembed": n_nonembed, "vocab_size": vocab,
-                "steps_done": len(tlog["step"]), "final_step": offset + len(tlog["step"]),
-                "tokens": tokens_at_start + done_tokens, "wall_time_s": w,
-                "tokens_per_s": done_tokens / w if w > 0 else None,
-                "train_time_s": step_time[0],
-                "train_tokens_per_s": done_tokens / step_time[0] if step_time[0] > 0 else None,
-                "lr_history_sha256": lr_sha, "lr_history_len": len(full_lrs),
-                "world_size": world, "device": str(device), "dtype": dtype, "attention": attn, "compile": bool(use_compile),
-                "fused_adamw": bool(fused), "threads": rt["threads"], "resumed_from": resumed_from,
-                "versions": _versions(), "hostname": platform.node(), **extra}
+        return {
+            "run_id": run,
+            "phase": cfg["phase"],
+            "status": status,
+            "config": cfg,
+            "config_hash": chash,
+            "n_params": n_params,
+            "n_nonembed": n_nonembed,
+            "vocab_size": vocab,
+            "steps_done": len(tlog["step"]),
+            "final_step": offset + len(tlog["step"]),
+            "tokens": tokens_at_start + done_tokens,
+            "wall_time_s": w,
+            "tokens_per_s": done_tokens / w if w > 0 else None,
+            "train_time_s": step_time[0],
+            "train_tokens_per_s": done_tokens / step_time[0] if step_time[0] > 0 else None,
+            "lr_history_sha256": lr_sha,
+            "lr_history_len": len(full_lrs),
+            "world_size": world,
+            "device": str(device),
+            "dtype": dtype,
+            "attention": attn,
+            "compile": bool(use_compile),
+            "fused_adamw": bool(fused),
+            "threads": rt["threads"],
+            "resumed_from": resumed_from,
+            "versions": _versions(),
+            "hostname": platform.node(),
+            **extra,
+        }
 
     def write_outputs(status: str, **extra):
         if rank != 0:
@@ -725,20 +788,39 @@ def train(config: Mapping | str | os.PathLike, *, resume: bool = True,
         cdf = pd.DataFrame(curve_rows, columns=["run_id", "phase", "step", "tokens", "lr", "split", "loss"])
         cdf = cdf.astype({"step": "int64", "tokens": "int64", "lr": "float64", "loss": "float64"})
         write_parquet(out_dir / "curve.parquet", cdf)
-        tdf = pd.DataFrame(tlog).astype({"step": "int64", "lr": "float64", "tokens": "int64",
-                                         "train_loss": "float64", "grad_norm": "float64"})
+        tdf = pd.DataFrame(tlog).astype(
+            {"step": "int64", "lr": "float64", "tokens": "int64", "train_loss": "float64", "grad_norm": "float64"}
+        )
         write_parquet(out_dir / "trainlog.parquet", tdf)
         write_json(out_dir / "meta.json", meta(status, **extra))
 
     def save_ckpt(step: int):
         if rank == 0:
-            state = {"model": raw_model.state_dict(), "optimizer": opt.state_dict(), "sampler": sampler.state_dict(),
-                     "rng": _rng_state(), "step": step, "tokens": tokens_at_start + (step - offset) * tokens_per_step,
-                     "tokens_at_start": tokens_at_start, "curve_rows": curve_rows, "trainlog": tlog,
-                     "wall_time_s": wall(), "train_time_s": step_time[0], "resumed_from": resumed_from}
-            cm = {"run_id": run, "phase": cfg["phase"], "step": step, "tokens": state["tokens"],
-                  "config_hash": chash, "config": cfg, "vocab_size": vocab, "n_params": n_params,
-                  "n_nonembed": n_nonembed}
+            state = {
+                "model": raw_model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "sampler": sampler.state_dict(),
+                "rng": _rng_state(),
+                "step": step,
+                "tokens": tokens_at_start + (step - offset) * tokens_per_step,
+                "tokens_at_start": tokens_at_start,
+                "curve_rows": curve_rows,
+                "trainlog": tlog,
+                "wall_time_s": wall(),
+                "train_time_s": step_time[0],
+                "resumed_from": resumed_from,
+            }
+            cm = {
+                "run_id": run,
+                "phase": cfg["phase"],
+                "step": step,
+                "tokens": state["tokens"],
+                "config_hash": chash,
+                "config": cfg,
+                "vocab_size": vocab,
+                "n_params": n_params,
+                "n_nonembed": n_nonembed,
+            }
             _save_checkpoint(out_dir / "ckpt" / f"step_{step}", state, cm)
             _prune(step)
         barrier()
@@ -747,7 +829,9 @@ def train(config: Mapping | str | os.PathLike, *, resume: bool = True,
 
     def _prune(latest: int):
         periodic = [(s, p) for s, p in _ckpt_dirs(out_dir) if s not in transfer]
-        for s, p in periodic[: -cfg["checkpoint"]["keep_last"]] if len(periodic) > cfg["checkpoint"]["keep_last"] else []:
+        for _, p in (
+            periodic[: -cfg["checkpoint"]["keep_last"]] if len(periodic) > cfg["checkpoint"]["keep_last"] else []
+        ):
             shutil.rmtree(p, ignore_errors=True)
 
     # ---- initial evaluation (PT init at step 0 / CPT branch point at step T)
@@ -761,8 +845,15 @@ def train(config: Mapping | str | os.PathLike, *, resume: bool = True,
     if rt["progress"] and rank == 0 and start < cfg["steps"]:
         from tqdm import tqdm
 
-        bar = tqdm(total=cfg["steps"], initial=start, desc=run, unit="step", file=sys.stderr, dynamic_ncols=True,
-                   mininterval=0.5 if sys.stderr.isatty() else 30.0)
+        bar = tqdm(
+            total=cfg["steps"],
+            initial=start,
+            desc=run,
+            unit="step",
+            file=sys.stderr,
+            dynamic_ncols=True,
+            mininterval=0.5 if sys.stderr.isatty() else 30.0,
+        )
 
     pending: list[tuple[int, float, int, Any, Any]] = []
 
@@ -786,8 +877,11 @@ def train(config: Mapping | str | os.PathLike, *, resume: bool = True,
         if bar is not None:
             bar.close()
         write_outputs("diverged", diverged_at_step=step)
-        raise TrainingDiverged(f"run {run}: diverged at step {step} ({what}); curve so far kept in {out_dir} "
-                               f"with status 'diverged' (try a lower schedule.peak_lr)", step)
+        raise TrainingDiverged(
+            f"run {run}: diverged at step {step} ({what}); curve so far kept in {out_dir} "
+            f"with status 'diverged' (try a lower schedule.peak_lr)",
+            step,
+        )
 
     clip = o["grad_clip"] if o["grad_clip"] > 0 else float("inf")
     params = [p for p in raw_model.parameters() if p.requires_grad]
@@ -846,9 +940,12 @@ def train(config: Mapping | str | os.PathLike, *, resume: bool = True,
                     save_ckpt(g)
                 write_outputs("interrupted", interrupted_at_step=g)
                 name = signal.Signals(stop[0]).name
-                raise TrainingInterrupted(f"run {run}: stopped by {name} after step {g}; checkpoint "
-                                          f"{out_dir / 'ckpt' / f'step_{g}'} written, train again to resume",
-                                          g, int(stop[0]))
+                raise TrainingInterrupted(
+                    f"run {run}: stopped by {name} after step {g}; checkpoint "
+                    f"{out_dir / 'ckpt' / f'step_{g}'} written, train again to resume",
+                    g,
+                    int(stop[0]),
+                )
             if bar is not None:
                 bar.update(1)
             if after_step is not None:
@@ -876,7 +973,7 @@ def train(config: Mapping | str | os.PathLike, *, resume: bool = True,
 
 
 def _save_final_outputs(out_dir: Path) -> None:
-    with _atomic_dir(out_dir / "ckpt" / FINAL_DIR) as tmp:
+    with atomic_dir(out_dir / "ckpt" / FINAL_DIR) as tmp:
         for name in RUN_OUTPUTS:
             shutil.copy2(out_dir / name, tmp / name)  # copy2 keeps the mtimes the restore compares inputs with
 
@@ -930,8 +1027,11 @@ def _restore_final_outputs(out_dir: Path, chash: str, run: str, cfg: Mapping) ->
             shutil.copyfile(final / name, tmp)
     write_json(out_dir / "meta.json", done)
     write_json(final / "meta.json", done)
-    print(f"run {run}: training had finished; restored its outputs from {final} (they had been deleted, e.g. "
-          f"after a job that finished past its time limit)", file=sys.stderr)
+    print(
+        f"run {run}: training had finished; restored its outputs from {final} (they had been deleted, e.g. "
+        f"after a job that finished past its time limit)",
+        file=sys.stderr,
+    )
 
 
 def _fused_adamw_supported(device) -> bool:

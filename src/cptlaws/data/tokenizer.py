@@ -14,16 +14,13 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from cptlaws.corpora import CorpusError, read_provenance, read_texts, sha256_file
+from cptlaws.data.corpora import read_provenance, read_texts, sha256_file
+from cptlaws.errors import DataError
 from cptlaws.io import atomic_path, write_json
 
 EOS, PAD = "<eos>", "<pad>"
 SPECIALS = (EOS, PAD)
 KINDS = ("bpe", "bytes")
-
-
-class TokenizerError(ValueError):
-    """Missing / invalid tokenizer file or bad training options (message names it)."""
 
 
 def _bytes_tokenizer() -> Tokenizer:
@@ -57,46 +54,68 @@ def train_bpe(texts: list[str], vocab_size: int = 1024, min_frequency: int = 2) 
     """Byte-level BPE on ``texts`` (deterministic for the same texts in the same order)."""
     n_base = 256 + len(SPECIALS)
     if vocab_size < n_base:
-        raise TokenizerError(f"vocab_size {vocab_size} is below the {n_base} byte + special tokens of byte-level BPE")
+        raise DataError(f"vocab_size {vocab_size} is below the {n_base} byte + special tokens of byte-level BPE")
     if not texts:
-        raise TokenizerError("no training text for the tokenizer")
+        raise DataError("no training text for the tokenizer")
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, show_progress=False,
-                                  special_tokens=list(SPECIALS), initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        show_progress=False,
+        special_tokens=list(SPECIALS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
     tok.encode_special_tokens = True
     return tok
 
 
-def train_tokenizer(corpus_dir: str | os.PathLike, out_path: str | os.PathLike, vocab_size: int = 1024,
-                    kind: str = "bpe", min_frequency: int = 2) -> dict:
+def train_tokenizer(
+    corpus_dir: str | os.PathLike,
+    out_path: str | os.PathLike,
+    vocab_size: int = 1024,
+    kind: str = "bpe",
+    min_frequency: int = 2,
+) -> dict:
     """Train (``bpe``) or build (``bytes``) a tokenizer; write ``out_path`` (tokenizer.json) and
     ``<out_path>.meta.json`` atomically; return the metadata."""
     if kind not in KINDS:
-        raise TokenizerError(f"unknown tokenizer kind {kind!r}; expected one of {KINDS}")
+        raise DataError(f"unknown tokenizer kind {kind!r}; expected one of {KINDS}")
     t0 = time.perf_counter()
     corpus_rec = None
     if kind == "bpe":
         try:
             prov = read_provenance(corpus_dir)
             texts = read_texts(corpus_dir, "train")
-        except CorpusError as exc:
-            raise TokenizerError(f"tokenizer training corpus: {exc}") from None
+        except DataError as exc:
+            raise DataError(f"tokenizer training corpus: {exc}") from None
         tok = train_bpe(texts, vocab_size, min_frequency)
-        corpus_rec = {"dir": str(corpus_dir), "corpus": prov.get("corpus"), "split": "train",
-                      "sha256": prov["splits"]["train"]["sha256"], "n_bytes": prov["splits"]["train"]["n_bytes"]}
+        corpus_rec = {
+            "dir": str(corpus_dir),
+            "corpus": prov.get("corpus"),
+            "split": "train",
+            "sha256": prov["splits"]["train"]["sha256"],
+            "n_bytes": prov["splits"]["train"]["n_bytes"],
+        }
     else:
         tok = _bytes_tokenizer()
     train_s = time.perf_counter() - t0
     out_path = Path(out_path)
     with atomic_path(out_path) as tmp:
         tok.save(str(tmp))
-    meta = {"kind": kind, "vocab_size": tok.get_vocab_size(), "requested_vocab_size": vocab_size if kind == "bpe" else None,
-            "min_frequency": min_frequency if kind == "bpe" else None, "eos_id": tok.token_to_id(EOS),
-            "pad_id": tok.token_to_id(PAD), "train_corpus": corpus_rec, "train_s": round(train_s, 3),
-            "sha256": sha256_file(out_path)}
+    meta = {
+        "kind": kind,
+        "vocab_size": tok.get_vocab_size(),
+        "requested_vocab_size": vocab_size if kind == "bpe" else None,
+        "min_frequency": min_frequency if kind == "bpe" else None,
+        "eos_id": tok.token_to_id(EOS),
+        "pad_id": tok.token_to_id(PAD),
+        "train_corpus": corpus_rec,
+        "train_s": round(train_s, 3),
+        "sha256": sha256_file(out_path),
+    }
     write_json(meta_path(out_path), meta)
     return meta
 
@@ -110,13 +129,13 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     """Load a tokenizer.json written by :func:`train_tokenizer` (or any byte-level one with ``<eos>``)."""
     p = Path(path)
     if not p.is_file():
-        raise TokenizerError(f"tokenizer file {p} does not exist; train one with `cptlaws tokenizer train`")
+        raise DataError(f"tokenizer file {p} does not exist; train one with `cptlaws tokenizer train`")
     try:
         tok = Tokenizer.from_file(str(p))
     except Exception as exc:  # tokenizers raises a bare Exception on bad JSON
-        raise TokenizerError(f"tokenizer file {p} is not a valid tokenizer.json ({exc})") from None
+        raise DataError(f"tokenizer file {p} is not a valid tokenizer.json ({exc})") from None
     if tok.token_to_id(EOS) is None:
-        raise TokenizerError(f"tokenizer {p} has no {EOS} token")
+        raise DataError(f"tokenizer {p} has no {EOS} token")
     # A literal "<eos>" inside a document is text, not a document boundary.
     tok.encode_special_tokens = True
     return tok
@@ -138,5 +157,16 @@ def tokenizer_kind(path: str | os.PathLike) -> str:
     return "unknown"
 
 
-__all__ = ["EOS", "PAD", "KINDS", "TokenizerError", "eos_id", "load_tokenizer", "meta_path", "pad_id",
-           "tokenizer_kind", "train_bpe", "train_tokenizer"]
+__all__ = [
+    "EOS",
+    "PAD",
+    "KINDS",
+    "DataError",
+    "eos_id",
+    "load_tokenizer",
+    "meta_path",
+    "pad_id",
+    "tokenizer_kind",
+    "train_bpe",
+    "train_tokenizer",
+]

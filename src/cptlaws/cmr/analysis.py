@@ -36,11 +36,11 @@ import numpy as np
 from scipy.interpolate import PchipInterpolator
 from scipy.optimize import brentq, least_squares
 
+from cptlaws.errors import FitError, InputError
+
 __all__ = [
     "PAPER_T_UNIT_TOKENS",
     "PAPER_CMR_LAWS",
-    "FitError",
-    "CMRInputError",
     "PowerFit",
     "fit_power_law",
     "fit_loss_vs_ratio",
@@ -67,14 +67,6 @@ PAPER_CMR_LAWS: dict[str, tuple[float, float, float]] = {
 }
 
 DEFAULT_EXP_BOUNDS = (-3.0, 3.0)
-
-
-class FitError(ValueError):
-    """A CMR-law fit that cannot be done (too few points, NaN/inf, non-positive x, no convergence)."""
-
-
-class CMRInputError(ValueError):
-    """Malformed input to the CMR analysis; the message names the table / run / row / column."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -144,19 +136,19 @@ class PowerFit:
         if isinstance(params, Mapping):
             missing = [n for n in names if n not in params]
             if missing:
-                raise ValueError(f"parameters {missing} missing (need {names}, got {sorted(params)})")
+                raise FitError(f"parameters {missing} missing (need {names}, got {sorted(params)})")
             values = [params[n] for n in names]
         else:
             values = list(params)
             if len(values) != len(names):
-                raise ValueError(f"need {len(names)} parameters {names}, got {len(values)}: {values}")
+                raise FitError(f"need {len(names)} parameters {names}, got {len(values)}: {values}")
         try:
             vals = [float(v) for v in values]
         except (TypeError, ValueError):
-            raise ValueError(f"parameters {names} must be numbers, got {values}") from None
+            raise FitError(f"parameters {names} must be numbers, got {values}") from None
         bad = [n for n, v in zip(names, vals) if not math.isfinite(v)]
         if bad:
-            raise ValueError(f"parameters {bad} are not finite: {dict(zip(names, vals))}")
+            raise FitError(f"parameters {bad} are not finite: {dict(zip(names, vals))}")
         k = len(terms_t)
         amps = tuple(vals[0 : 2 * k : 2])
         exps = tuple(vals[1 : 2 * k : 2])
@@ -236,15 +228,15 @@ def fit_power_law(
     (exponents stuck at ``exp_bounds``), exactly_determined (as many distinct x as parameters).
     """
     if n_terms not in (1, 2):
-        raise ValueError(f"{label}: n_terms must be 1 or 2, got {n_terms}")
+        raise FitError(f"{label}: n_terms must be 1 or 2, got {n_terms}")
     if terms is None:
         terms = (("a", "s"),) if n_terms == 1 else (("a1", "s1"), ("a2", "s2"))
     terms = tuple((str(a), str(s)) for a, s in terms)
     if len(terms) != n_terms:
-        raise ValueError(f"{label}: {len(terms)} term names for {n_terms} terms")
+        raise FitError(f"{label}: {len(terms)} term names for {n_terms} terms")
     lo, hi = (float(v) for v in exp_bounds)
     if not (lo < hi) or not (math.isfinite(lo) and math.isfinite(hi)):
-        raise ValueError(f"{label}: exp_bounds must be finite with lo < hi, got {exp_bounds}")
+        raise FitError(f"{label}: exp_bounds must be finite with lo < hi, got {exp_bounds}")
     n_par = 2 * n_terms + 1
     xa, ya = _check_xy(x, y, label, n_par)
     n = xa.size
@@ -263,7 +255,7 @@ def fit_power_law(
         keep = (grid[j] - grid[i] >= min_exp_gap) & (np.abs(grid[i]) > 1e-9) & (np.abs(grid[j]) > 1e-9)
         combos = np.stack([grid[i][keep], grid[j][keep]], axis=1)
     if combos.shape[0] == 0:
-        raise ValueError(f"{label}: exponent grid is empty (exp_bounds={exp_bounds}, min_exp_gap={min_exp_gap})")
+        raise FitError(f"{label}: exponent grid is empty (exp_bounds={exp_bounds}, min_exp_gap={min_exp_gap})")
 
     # Batched closed-form amplitudes: X (G, n, K+1) with unit-norm columns for a stable pseudo-inverse.
     cols = np.exp(combos[:, None, :] * lx[None, :, None])  # (G, n, K)
@@ -484,7 +476,7 @@ def _as_power(obj, terms, offset_name, what: str) -> PowerFit:
     try:
         return PowerFit.from_params(obj, terms, offset_name, "T")
     except ValueError as exc:
-        raise ValueError(f"{what}: {exc}") from None
+        raise FitError(f"{what}: {exc}") from None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -514,10 +506,10 @@ def switch_point(
     gen = _as_power(gen_params, _GEN_TERMS, "b2", "switch_point gen_params")
     lam = float(lam)
     if not lam > 0:
-        raise ValueError(f"switch_point: lam must be > 0 (or inf), got {lam}")
+        raise FitError(f"switch_point: lam must be > 0 (or inf), got {lam}")
     t_lo, t_hi = (float(v) for v in T_range)
     if not (0 < t_lo < t_hi) or not math.isfinite(t_hi):
-        raise ValueError(f"switch_point: T_range must satisfy 0 < lo < hi < inf, got {T_range}")
+        raise FitError(f"switch_point: T_range must satisfy 0 < lo < hi < inf, got {T_range}")
     Tg = np.geomspace(t_lo, t_hi, int(n_grid))
 
     def g(t):
@@ -607,7 +599,7 @@ class _RatioCurves:
             self._pd = np.array([[f.amps[0], f.exps[0], f.offset] for f in self.dom])
             self._pg = np.array([[f.amps[0], f.exps[0], f.amps[1], f.exps[1], f.offset] for f in self.gen])
         else:
-            raise ValueError(f"interp must be 'curves' or 'params', got {interp!r}")
+            raise FitError(f"interp must be 'curves' or 'params', got {interp!r}")
 
     def _param_fits(self, R: float) -> tuple[PowerFit, PowerFit]:
         pd = [np.interp(R, self.ratios, self._pd[:, k]) for k in range(3)]
@@ -667,21 +659,21 @@ def critical_mixture_ratio_from_fits(
     """
     R = np.asarray(ratios, dtype=float).ravel()
     if R.size != len(dom_fits) or R.size != len(gen_fits):
-        raise ValueError(f"CMR: {R.size} ratios but {len(dom_fits)} domain fits and {len(gen_fits)} general fits")
+        raise FitError(f"CMR: {R.size} ratios but {len(dom_fits)} domain fits and {len(gen_fits)} general fits")
     if R.size < 2:
-        raise ValueError(f"CMR: need at least 2 distinct ratios to interpolate in R, got {R.size}")
+        raise FitError(f"CMR: need at least 2 distinct ratios to interpolate in R, got {R.size}")
     bad = np.flatnonzero(~np.isfinite(R) | (R < 0) | (R > 1))
     if bad.size:
-        raise ValueError(f"CMR: ratio[{bad[0]}] = {R[bad[0]]} is not a domain share in [0, 1]")
+        raise FitError(f"CMR: ratio[{bad[0]}] = {R[bad[0]]} is not a domain share in [0, 1]")
     if np.unique(R).size != R.size:
-        raise ValueError(f"CMR: ratios must be distinct, got {sorted(R.tolist())}")
+        raise FitError(f"CMR: ratios must be distinct, got {sorted(R.tolist())}")
     eps, lam, T_max, T_lo = float(eps), float(lam), float(T_max), float(T_lo)
     if not (eps >= 0 and math.isfinite(eps)):
-        raise ValueError(f"CMR: eps must be a finite tolerance >= 0, got {eps}")
+        raise FitError(f"CMR: eps must be a finite tolerance >= 0, got {eps}")
     if not lam > 0:
-        raise ValueError(f"CMR: lam must be > 0 (or inf), got {lam}")
+        raise FitError(f"CMR: lam must be > 0 (or inf), got {lam}")
     if not (0 < T_lo < T_max and math.isfinite(T_max)):
-        raise ValueError(f"CMR: need 0 < T_lo < T_max < inf, got T_lo={T_lo}, T_max={T_max}")
+        raise FitError(f"CMR: need 0 < T_lo < T_max < inf, got T_lo={T_lo}, T_max={T_max}")
     order = np.argsort(R)
     R = R[order]
     dom = [_as_power(dom_fits[i], _DOM_TERMS, "b1", f"CMR domain fit for ratio {R[k]:g}") for k, i in enumerate(order)]
@@ -690,7 +682,7 @@ def critical_mixture_ratio_from_fits(
     if gen_vs_ratio is not None:
         gvr = _as_power(gen_vs_ratio, (("a", "s"),), "b", "CMR gen_vs_ratio")
         if L_gen0 is None or not math.isfinite(float(L_gen0)):
-            raise ValueError("CMR: gen_vs_ratio needs L_gen0 (the general loss before CPT)")
+            raise FitError("CMR: gen_vs_ratio needs L_gen0 (the general loss before CPT)")
     Tg = np.geomspace(T_lo, T_max, int(n_T))
     curves = _RatioCurves(R, dom, gen, Tg, T_max, interp)
 
@@ -788,8 +780,7 @@ def critical_mixture_ratio_from_fits(
         why = []
         if np.all(h1 > 0):
             why.append(
-                f"general-loss increase at T_max exceeds eps={eps:g} for every ratio "
-                f"(smallest {np.min(h1) + eps:.4g})"
+                f"general-loss increase at T_max exceeds eps={eps:g} for every ratio (smallest {np.min(h1) + eps:.4g})"
             )
         if np.all(h2 > 0):
             why.append(f"no ratio reaches its switch point T0 <= T_max={T_max:g}")
@@ -852,12 +843,12 @@ def critical_mixture_ratio(
     ds = _per_ratio(dL_dom, n_r, "dL_dom")
     for i in range(n_r):
         if not (Ts[i].size == gs[i].size == ds[i].size):
-            raise ValueError(f"CMR ratio {R[i]:g}: T has {Ts[i].size} values, dL_gen {gs[i].size}, dL_dom {ds[i].size}")
+            raise FitError(f"CMR ratio {R[i]:g}: T has {Ts[i].size} values, dL_gen {gs[i].size}, dL_dom {ds[i].size}")
     if T_max is None:
         T_max = float(min(np.nanmax(t) for t in Ts))
     T_max = float(T_max)
     if not (T_max > 0 and math.isfinite(T_max)):
-        raise ValueError(f"CMR: T_max must be a finite positive token count, got {T_max}")
+        raise FitError(f"CMR: T_max must be a finite positive token count, got {T_max}")
     dom_fits, gen_fits, t_los = [], [], []
     for i in range(n_r):
         t = Ts[i]
@@ -893,7 +884,7 @@ def critical_mixture_ratio(
 def _per_ratio(values, n_r: int, name: str, allow_shared: bool = False) -> list[np.ndarray]:
     if isinstance(values, np.ndarray) and values.ndim == 2:
         if values.shape[0] != n_r:
-            raise ValueError(f"CMR: {name} has {values.shape[0]} rows for {n_r} ratios")
+            raise FitError(f"CMR: {name} has {values.shape[0]} rows for {n_r} ratios")
         return [np.asarray(v, dtype=float) for v in values]
     if allow_shared:
         arr = np.asarray(values, dtype=object)
@@ -902,7 +893,7 @@ def _per_ratio(values, n_r: int, name: str, allow_shared: bool = False) -> list[
             return [shared] * n_r
     seq = list(values)
     if len(seq) != n_r:
-        raise ValueError(f"CMR: {name} has {len(seq)} entries for {n_r} ratios")
+        raise FitError(f"CMR: {name} has {len(seq)} entries for {n_r} ratios")
     return [np.asarray(v, dtype=float).ravel() for v in seq]
 
 
@@ -922,14 +913,14 @@ def cmr_scaling_law(
     tokens per unit; the paper's unit is 0.2 B tokens). ``params``: {a4, s4, b3}, (a4, s4, b3) or a fit."""
     law = params if isinstance(params, PowerFit) else PowerFit.from_params(params, (("a4", "s4"),), "b3", "T")
     if (T is None) == (tokens is None):
-        raise ValueError("cmr_scaling_law: give exactly one of T (law units) or tokens")
+        raise FitError("cmr_scaling_law: give exactly one of T (law units) or tokens")
     if T is None:
         if not t_unit_tokens > 0:
-            raise ValueError(f"cmr_scaling_law: t_unit_tokens must be > 0, got {t_unit_tokens}")
+            raise FitError(f"cmr_scaling_law: t_unit_tokens must be > 0, got {t_unit_tokens}")
         T = np.asarray(tokens, dtype=float) / float(t_unit_tokens)
     Ta = np.asarray(T, dtype=float)
     if np.any(~np.isfinite(Ta)) or np.any(Ta <= 0):
-        raise ValueError(f"cmr_scaling_law: T must be finite and > 0, got {T}")
+        raise FitError(f"cmr_scaling_law: T must be finite and > 0, got {T}")
     return law.predict(T)
 
 
@@ -1009,13 +1000,13 @@ def cmr_from_curves(
     import pandas as pd
 
     if not isinstance(df, pd.DataFrame):
-        raise CMRInputError(f"{source}: expected a pandas DataFrame, got {type(df).__name__}")
+        raise InputError(f"{source}: expected a pandas DataFrame, got {type(df).__name__}")
     if tolerance_from not in ("increments", "loss_vs_ratio"):
-        raise CMRInputError(f"{source}: tolerance_from must be 'increments' or 'loss_vs_ratio', got {tolerance_from!r}")
+        raise InputError(f"{source}: tolerance_from must be 'increments' or 'loss_vs_ratio', got {tolerance_from!r}")
     if t_origin not in ("branch", "zero"):
-        raise CMRInputError(f"{source}: t_origin must be 'branch' or 'zero', got {t_origin!r}")
+        raise InputError(f"{source}: t_origin must be 'branch' or 'zero', got {t_origin!r}")
     if not (isinstance(t_unit, (int, float)) and t_unit > 0 and math.isfinite(t_unit)):
-        raise CMRInputError(f"{source}: t_unit must be a positive number, got {t_unit!r}")
+        raise InputError(f"{source}: t_unit must be a positive number, got {t_unit!r}")
     need = ["run_id", x, "split", "loss"] + ([] if ratios is not None else ["ratio"])
     missing = [c for c in need if c not in df.columns]
     if missing:
@@ -1024,30 +1015,30 @@ def cmr_from_curves(
             if "ratio" in missing
             else ""
         )
-        raise CMRInputError(f"{source}: missing column(s) {missing} (have {list(df.columns)}){hint}")
+        raise InputError(f"{source}: missing column(s) {missing} (have {list(df.columns)}){hint}")
     d = df.copy()
     if "phase" in d.columns:
         d = d[d["phase"].astype(str) == "cpt"]
         if d.empty:
-            raise CMRInputError(f"{source}: no rows with phase == 'cpt'")
+            raise InputError(f"{source}: no rows with phase == 'cpt'")
     if ratios is not None:
         missing_runs = sorted(set(d["run_id"].astype(str)) - set(map(str, ratios)))
         if missing_runs:
-            raise CMRInputError(f"{source}: no ratio given for run(s) {missing_runs[:5]}")
+            raise InputError(f"{source}: no ratio given for run(s) {missing_runs[:5]}")
         d["ratio"] = d["run_id"].astype(str).map({str(k): v for k, v in ratios.items()})
     d["run_id"] = d["run_id"].astype(str)
     d["split"] = d["split"].astype(str)
     present = sorted(d["split"].unique())
     for sp in (general_split, domain_split):
         if sp not in present:
-            raise CMRInputError(f"{source}: no rows with split == {sp!r} (splits present: {present[:20]})")
+            raise InputError(f"{source}: no rows with split == {sp!r} (splits present: {present[:20]})")
     d = d[d["split"].isin([general_split, domain_split])]
     for col in (x, "loss", "ratio"):
         num = pd.to_numeric(d[col], errors="coerce")
         bad = d.index[num.isna() | ~np.isfinite(num.astype(float))]
         if len(bad):
             row = bad[0]
-            raise CMRInputError(
+            raise InputError(
                 f"{source}: row {row} (run {d.at[row, 'run_id']!r}): column '{col}' = "
                 f"{d.at[row, col]!r} is not a finite number"
             )
@@ -1055,20 +1046,18 @@ def cmr_from_curves(
     bad = d.index[d["loss"] <= 0]
     if len(bad):
         row = bad[0]
-        raise CMRInputError(
-            f"{source}: row {row} (run {d.at[row, 'run_id']!r}): loss = {d.at[row, 'loss']} must be > 0"
-        )
+        raise InputError(f"{source}: row {row} (run {d.at[row, 'run_id']!r}): loss = {d.at[row, 'loss']} must be > 0")
     bad = d.index[(d["ratio"] < 0) | (d["ratio"] > 1)]
     if len(bad):
         row = bad[0]
-        raise CMRInputError(
+        raise InputError(
             f"{source}: row {row} (run {d.at[row, 'run_id']!r}): ratio = {d.at[row, 'ratio']} "
             "is not a domain share in [0, 1]"
         )
     dup = d.duplicated(["run_id", "split", x], keep=False)
     if dup.any():
         row = d.index[dup][0]
-        raise CMRInputError(
+        raise InputError(
             f"{source}: row {row} (run {d.at[row, 'run_id']!r}): duplicate ({x}, split) = "
             f"({d.at[row, x]}, {d.at[row, 'split']!r})"
         )
@@ -1077,11 +1066,11 @@ def cmr_from_curves(
     for run_id, g in d.groupby("run_id", sort=True):
         r = g["ratio"].unique()
         if r.size != 1:
-            raise CMRInputError(f"{source}: run {run_id!r} has several ratios {sorted(r.tolist())}")
+            raise InputError(f"{source}: run {run_id!r} has several ratios {sorted(r.tolist())}")
         splits = set(g["split"])
         for sp in (general_split, domain_split):
             if sp not in splits:
-                raise CMRInputError(f"{source}: run {run_id!r} has no rows for split {sp!r}")
+                raise InputError(f"{source}: run {run_id!r} has no rows for split {sp!r}")
         # T origin: the branch point (first row of the run), or x itself is already CPT-relative.
         x0 = float(g[x].min()) if t_origin == "branch" else 0.0
         per = {}
@@ -1089,36 +1078,36 @@ def cmr_from_curves(
             s = g[g["split"] == sp].sort_values(x)
             first = float(s[x].iloc[0])
             if t_origin == "zero" and first < 0:
-                raise CMRInputError(
+                raise InputError(
                     f"{source}: run {run_id!r}: {x} = {first:g} < 0 with t_origin='zero' "
                     "(x must count CPT tokens from the branch point)"
                 )
             if baseline == "branch" and first != x0:
-                raise CMRInputError(
+                raise InputError(
                     f"{source}: run {run_id!r}: split {sp!r} has no row at the branch point "
                     f"{x} = {x0:g} (give the pre-CPT losses with baseline=...)"
                 )
             if isinstance(baseline, Mapping):
                 if sp not in baseline:
-                    raise CMRInputError(f"{source}: baseline has no loss for split {sp!r} (keys {sorted(baseline)})")
+                    raise InputError(f"{source}: baseline has no loss for split {sp!r} (keys {sorted(baseline)})")
                 l0 = float(baseline[sp])
             elif baseline == "branch":
                 l0 = float(s["loss"].iloc[0])
             else:
-                raise CMRInputError(f"{source}: baseline must be 'branch' or a mapping split -> loss, got {baseline!r}")
+                raise InputError(f"{source}: baseline must be 'branch' or a mapping split -> loss, got {baseline!r}")
             T = (s[x].to_numpy(float) - x0) / t_unit
             per[sp] = (T, s["loss"].to_numpy(float), l0)
         runs[run_id] = (float(r[0]), per)
 
     ratio_values = sorted({v[0] for v in runs.values()})
     if len(ratio_values) < 2:
-        raise CMRInputError(f"{source}: need runs at >= 2 distinct ratios for the CMR, got {ratio_values}")
+        raise InputError(f"{source}: need runs at >= 2 distinct ratios for the CMR, got {ratio_values}")
     t_ends = [per[sp][0].max() for _, per in runs.values() for sp in per]
     if T_max is None:
         T_max = float(min(t_ends))
     T_max = float(T_max)
     if not (T_max > 0 and math.isfinite(T_max)):
-        raise CMRInputError(f"{source}: T_max must be > 0, got {T_max}")
+        raise InputError(f"{source}: T_max must be > 0, got {T_max}")
 
     def pooled(rv: float, sp: str, t_cap: float):
         Ts, dLs = [], []
@@ -1142,7 +1131,7 @@ def cmr_from_curves(
                         T, L, _ = per[sp]
                         m = T <= t_cap * (1 + 1e-9)
                         if not m.any():
-                            raise CMRInputError(f"{source}: run {run_id!r} has no {sp!r} point at T <= {t_cap:g}")
+                            raise InputError(f"{source}: run {run_id!r} has no {sp!r} point at T <= {t_cap:g}")
                         vals.append(L[m][-1])
                         ts.append(T[m][-1])
                 rec[sp] = float(np.mean(vals))
@@ -1163,7 +1152,7 @@ def cmr_from_curves(
                     yd,
                     loss=loss,
                     f_scale=f_scale,
-                    label=f"{source}: dL_dom(T) fit, ratio {rv:g}, " f"split {domain_split!r}, T <= {t_cap:g}",
+                    label=f"{source}: dL_dom(T) fit, ratio {rv:g}, split {domain_split!r}, T <= {t_cap:g}",
                 )
             )
             gen_fits.append(
@@ -1172,7 +1161,7 @@ def cmr_from_curves(
                     yg,
                     loss=loss,
                     f_scale=f_scale,
-                    label=f"{source}: dL_gen(T) fit, ratio {rv:g}, " f"split {general_split!r}, T <= {t_cap:g}",
+                    label=f"{source}: dL_gen(T) fit, ratio {rv:g}, split {general_split!r}, T <= {t_cap:g}",
                 )
             )
             t_los.append(float(min(Td.min(), Tg.min())))
@@ -1184,7 +1173,7 @@ def cmr_from_curves(
                 [a[general_split] for a in recs],
                 loss=loss,
                 f_scale=f_scale,
-                label=f"{source}: L(R) fit, split {general_split!r}, " f"T <= {t_cap:g}",
+                label=f"{source}: L(R) fit, split {general_split!r}, T <= {t_cap:g}",
             )
         res = critical_mixture_ratio_from_fits(
             ratio_values,

@@ -22,11 +22,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cptlaws.schedules import ScheduleError, lr_array, phase_lrs, validate
-
-
-class CurveError(ValueError):
-    """Malformed curve input; the message names the file, run and row."""
+from cptlaws.errors import InputError, ScheduleError
+from cptlaws.io import read_table
+from cptlaws.schedules import lr_array, phase_lrs, validate
 
 
 @dataclass
@@ -48,61 +46,48 @@ class Curve:
         self.steps = np.asarray(self.steps)
         self.loss = np.asarray(self.loss, dtype=np.float64)
         if self.steps.ndim != 1 or self.steps.shape != self.loss.shape:
-            raise CurveError(f"{where}: steps and loss must be 1-D arrays of equal length")
+            raise InputError(f"{where}: steps and loss must be 1-D arrays of equal length")
         if self.steps.size and not np.all(np.isfinite(self.steps.astype(float))):
-            raise CurveError(f"{where}: non-finite step")
+            raise InputError(f"{where}: non-finite step")
         if self.steps.size and np.any(self.steps.astype(float) != np.round(self.steps.astype(float))):
-            raise CurveError(f"{where}: steps must be integers (updates done)")
+            raise InputError(f"{where}: steps must be integers (updates done)")
         self.steps = self.steps.astype(np.int64)
         if self.lrs.ndim != 1 or not np.all(np.isfinite(self.lrs)) or np.any(self.lrs < 0):
-            raise CurveError(f"{where}: the LR history must be finite and >= 0")
+            raise InputError(f"{where}: the LR history must be finite and >= 0")
         bad = np.nonzero(np.diff(self.steps) <= 0)[0]
         if bad.size:
             i = int(bad[0]) + 1
-            raise CurveError(f"{where}: steps not strictly increasing at point {i + 1} (step {self.steps[i - 1]} then {self.steps[i]})")
+            raise InputError(
+                f"{where}: steps not strictly increasing at point {i + 1} (step {self.steps[i - 1]} then {self.steps[i]})"
+            )
         bad = np.nonzero(~np.isfinite(self.loss) | (self.loss <= 0))[0]
         if bad.size:
             i = int(bad[0])
-            raise CurveError(f"{where}: loss must be finite and > 0, got {self.loss[i]!r} at step {self.steps[i]}")
+            raise InputError(f"{where}: loss must be finite and > 0, got {self.loss[i]!r} at step {self.steps[i]}")
         if self.steps.size and (self.steps[0] < 0 or self.steps[-1] > self.lrs.size):
-            raise CurveError(
+            raise InputError(
                 f"{where}: eval step {int(self.steps[-1] if self.steps[-1] > self.lrs.size else self.steps[0])} "
                 f"is outside the LR history (0..{self.lrs.size} updates)"
             )
         if self.transfer is not None:
             self.transfer = int(self.transfer)
             if not 0 < self.transfer <= self.lrs.size:
-                raise CurveError(f"{where}: transfer step {self.transfer} outside the LR history (1..{self.lrs.size})")
+                raise InputError(f"{where}: transfer step {self.transfer} outside the LR history (1..{self.lrs.size})")
         self.warmup_steps = int(self.warmup_steps or 0)
 
 
 # --------------------------------------------------------------------------------------------- files
-def read_table(path: str | Path) -> pd.DataFrame:
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
-    suf = path.suffix.lower()
-    try:
-        if suf in (".parquet", ".pq"):
-            return pd.read_parquet(path)
-        if suf in (".csv", ".tsv", ".txt"):
-            return pd.read_csv(path, sep="\t" if suf == ".tsv" else ",")
-    except Exception as exc:  # pyarrow / csv parser errors: say which file
-        raise CurveError(f"{path}: cannot read table ({exc})") from exc
-    raise CurveError(f"{path}: unknown table format '{suf}' (use .csv or .parquet)")
-
-
 def _run_col(df: pd.DataFrame, path) -> str:
     for c in ("run", "run_id"):
         if c in df.columns:
             return c
-    raise CurveError(f"{path}: missing column 'run' (or 'run_id'); columns are {list(df.columns)}")
+    raise InputError(f"{path}: missing column 'run' (or 'run_id'); columns are {list(df.columns)}")
 
 
 def _need(df: pd.DataFrame, cols, path) -> None:
     miss = [c for c in cols if c not in df.columns]
     if miss:
-        raise CurveError(f"{path}: missing column(s) {miss}; columns are {list(df.columns)}")
+        raise InputError(f"{path}: missing column(s) {miss}; columns are {list(df.columns)}")
 
 
 def _check_numeric(df: pd.DataFrame, col: str, path) -> np.ndarray:
@@ -111,7 +96,7 @@ def _check_numeric(df: pd.DataFrame, col: str, path) -> np.ndarray:
     bad = np.nonzero(np.isnan(vals) & ~raw_na)[0]
     if bad.size:
         i = int(bad[0])
-        raise CurveError(f"{path}: row {i + 1}: column '{col}' is not a number ({df[col].iloc[i]!r})")
+        raise InputError(f"{path}: row {i + 1}: column '{col}' is not a number ({df[col].iloc[i]!r})")
     return vals
 
 
@@ -131,14 +116,14 @@ def dense_lrs(df: pd.DataFrame, path, run_col: str) -> dict[str, np.ndarray]:
         if s.size == 0 or not np.array_equal(s, expect):
             j = int(np.nonzero(s != expect)[0][0]) if s.size else 0
             row = int(idx[order[j]]) + 1 if s.size else 0
-            raise CurveError(
+            raise InputError(
                 f"{path}: run '{run}': the LR table must have one row per update, steps 1..T "
                 f"(row {row}: step {s[j] if s.size else None}, expected {j + 1})"
             )
         bad = np.nonzero(~np.isfinite(v) | (v < 0))[0]
         if bad.size:
             row = int(idx[order[bad[0]]]) + 1
-            raise CurveError(f"{path}: run '{run}' row {row}: lr must be finite and >= 0, got {v[bad[0]]!r}")
+            raise InputError(f"{path}: run '{run}' row {row}: lr must be finite and >= 0, got {v[bad[0]]!r}")
         out[str(run)] = v
     return out
 
@@ -159,21 +144,21 @@ def load_schedules(path: str | Path) -> dict[str, dict]:
 
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
+        raise InputError(f"{path}: no such file")
     try:
         doc = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise CurveError(f"{path}: invalid YAML ({exc})") from exc
+        raise InputError(f"{path}: invalid YAML ({exc})") from exc
     if not isinstance(doc, Mapping):
-        raise CurveError(f"{path}: must be a mapping with a 'runs' key")
+        raise InputError(f"{path}: must be a mapping with a 'runs' key")
     runs = doc.get("runs", doc)
     defaults = doc.get("defaults", {}) if "runs" in doc else {}
     if not isinstance(runs, Mapping) or not runs:
-        raise CurveError(f"{path}: 'runs' must be a non-empty mapping run -> schedule entry")
+        raise InputError(f"{path}: 'runs' must be a non-empty mapping run -> schedule entry")
     out = {}
     for name, entry in runs.items():
         if not isinstance(entry, Mapping):
-            raise CurveError(f"{path}: run '{name}': entry must be a mapping, got {entry!r}")
+            raise InputError(f"{path}: run '{name}': entry must be a mapping, got {entry!r}")
         merged = {**defaults, **entry}
         out[str(name)] = merged
     return out
@@ -190,16 +175,22 @@ def entry_history(entry: Mapping[str, Any], where: str) -> dict[str, Any]:
     """
     unknown = sorted(set(entry) - _ENTRY_KEYS)
     if unknown:
-        raise CurveError(f"{where}: unknown key '{unknown[0]}' (known: {', '.join(sorted(_ENTRY_KEYS))})")
+        raise InputError(f"{where}: unknown key '{unknown[0]}' (known: {', '.join(sorted(_ENTRY_KEYS))})")
     for k in ("schedule", "steps"):
         if k not in entry:
-            raise CurveError(f"{where}: missing key '{k}'")
+            raise InputError(f"{where}: missing key '{k}'")
     try:
         if "pt_schedule" in entry or "transfer" in entry:
             for k in ("pt_schedule", "pt_steps", "transfer"):
                 if k not in entry:
-                    raise CurveError(f"{where}: CPT entry missing key '{k}'")
-            lrs = phase_lrs(entry["pt_schedule"], int(entry["pt_steps"]), int(entry["transfer"]), entry["schedule"], int(entry["steps"]))
+                    raise InputError(f"{where}: CPT entry missing key '{k}'")
+            lrs = phase_lrs(
+                entry["pt_schedule"],
+                int(entry["pt_steps"]),
+                int(entry["transfer"]),
+                entry["schedule"],
+                int(entry["steps"]),
+            )
             transfer = int(entry["transfer"])
             warm = validate(entry["pt_schedule"]).get("warmup_steps", 0)
         else:
@@ -207,11 +198,11 @@ def entry_history(entry: Mapping[str, Any], where: str) -> dict[str, Any]:
             transfer = None
             warm = validate(entry["schedule"]).get("warmup_steps", 0)
     except ScheduleError as exc:
-        raise CurveError(f"{where}: {exc}") from exc
+        raise InputError(f"{where}: {exc}") from exc
     except (TypeError, ValueError) as exc:
-        if isinstance(exc, CurveError):
+        if isinstance(exc, InputError):
             raise
-        raise CurveError(f"{where}: {exc}") from exc
+        raise InputError(f"{where}: {exc}") from exc
     return {
         "lrs": lrs,
         "transfer": transfer,
@@ -247,20 +238,26 @@ def load_curves(
     loss = _check_numeric(df, "loss", path)
     bad = np.nonzero(np.isnan(step))[0]
     if bad.size:
-        raise CurveError(f"{path}: row {int(bad[0]) + 1}: step is missing")
+        raise InputError(f"{path}: row {int(bad[0]) + 1}: step is missing")
     bad = np.nonzero(step != np.round(step))[0]
     if bad.size:  # a step counts optimizer updates: 150.5 is a malformed file, not step 150
         i = int(bad[0])
-        raise CurveError(f"{path}: row {i + 1} (run '{df[rc].iloc[i]}'): step must be a whole number of updates, got {step[i]:g}")
+        raise InputError(
+            f"{path}: row {i + 1} (run '{df[rc].iloc[i]}'): step must be a whole number of updates, got {step[i]:g}"
+        )
     bad = np.nonzero(~np.isfinite(loss) | (loss <= 0))[0]
     if bad.size:
         i = int(bad[0])
-        raise CurveError(f"{path}: row {i + 1} (run '{df[rc].iloc[i]}', step {step[i]:g}): loss must be finite and > 0, got {loss[i]:g}")
+        raise InputError(
+            f"{path}: row {i + 1} (run '{df[rc].iloc[i]}', step {step[i]:g}): loss must be finite and > 0, got {loss[i]:g}"
+        )
     if "split" in df.columns:
         if split is not None:
             keep = (df["split"].astype(str) == split).to_numpy()
             if not keep.any():
-                raise CurveError(f"{path}: no rows with split '{split}' (splits: {sorted(df['split'].astype(str).unique())})")
+                raise InputError(
+                    f"{path}: no rows with split '{split}' (splits: {sorted(df['split'].astype(str).unique())})"
+                )
         else:
             keep = np.ones(len(df), bool)
     else:
@@ -269,14 +266,20 @@ def load_curves(
     if runs is not None:
         missing = sorted(set(runs) - set(names[keep]))
         if missing:
-            raise CurveError(f"{path}: run(s) {missing} not found (runs: {sorted(set(names))})")
+            raise InputError(f"{path}: run(s) {missing} not found (runs: {sorted(set(names))})")
         keep &= np.isin(names, list(runs))
 
     histories: dict[str, dict] = {}
     if lr_path is not None:
         ldf = read_table(lr_path)
         for run, v in dense_lrs(ldf, lr_path, _run_col(ldf, lr_path)).items():
-            histories[run] = {"lrs": v, "transfer": None, "warmup_steps": infer_warmup(v), "ratio": None, "n_params": None}
+            histories[run] = {
+                "lrs": v,
+                "transfer": None,
+                "warmup_steps": infer_warmup(v),
+                "ratio": None,
+                "n_params": None,
+            }
     elif schedules_yaml is not None:
         for run, entry in load_schedules(schedules_yaml).items():
             if run in set(names[keep]):
@@ -284,11 +287,19 @@ def load_curves(
     elif "lr" in df.columns:
         try:
             for run, v in dense_lrs(df, path, rc).items():
-                histories[run] = {"lrs": v, "transfer": None, "warmup_steps": infer_warmup(v), "ratio": None, "n_params": None}
-        except CurveError as exc:
-            raise CurveError(f"{exc}; the 'lr' column of a curves file is only used when it is dense, otherwise give an LR table or a schedules YAML") from exc
+                histories[run] = {
+                    "lrs": v,
+                    "transfer": None,
+                    "warmup_steps": infer_warmup(v),
+                    "ratio": None,
+                    "n_params": None,
+                }
+        except InputError as exc:
+            raise InputError(
+                f"{exc}; the 'lr' column of a curves file is only used when it is dense, otherwise give an LR table or a schedules YAML"
+            ) from exc
     else:
-        raise CurveError(f"{path}: no LR source: give a dense per-step LR table or a schedules YAML")
+        raise InputError(f"{path}: no LR source: give a dense per-step LR table or a schedules YAML")
 
     curves = []
     sub = df[keep]
@@ -300,26 +311,37 @@ def load_curves(
         rows = sub.index.to_numpy()[idx]
         if run not in histories:
             src = lr_path or schedules_yaml or path
-            raise CurveError(f"{path}: row {int(rows[0]) + 1}: run '{run}' has no schedule / LR history in {src}")
+            raise InputError(f"{path}: row {int(rows[0]) + 1}: run '{run}' has no schedule / LR history in {src}")
         h = histories[run]
         s = step[rows]
         d = np.nonzero(np.diff(s) <= 0)[0]
         if d.size:
             r = int(rows[d[0] + 1]) + 1
-            raise CurveError(f"{path}: run '{run}' row {r}: steps not strictly increasing ({s[d[0]]:g} then {s[d[0] + 1]:g})")
+            raise InputError(
+                f"{path}: run '{run}' row {r}: steps not strictly increasing ({s[d[0]]:g} then {s[d[0] + 1]:g})"
+            )
         beyond = np.nonzero(s > h["lrs"].size)[0]
         if beyond.size:
             r = int(rows[beyond[0]]) + 1
-            raise CurveError(f"{path}: run '{run}' row {r}: eval step {s[beyond[0]]:g} is beyond the LR history ({h['lrs'].size} updates)")
+            raise InputError(
+                f"{path}: run '{run}' row {r}: eval step {s[beyond[0]]:g} is beyond the LR history ({h['lrs'].size} updates)"
+            )
         curves.append(
             Curve(
-                run_id=run, lrs=h["lrs"], steps=s.astype(np.int64), loss=loss[rows], transfer=h["transfer"],
-                ratio=(ratios or {}).get(run, h["ratio"]), n_params=(n_params or {}).get(run, h["n_params"]),
-                warmup_steps=h["warmup_steps"] if warmup_steps is None else warmup_steps, split=sp, source=str(path),
+                run_id=run,
+                lrs=h["lrs"],
+                steps=s.astype(np.int64),
+                loss=loss[rows],
+                transfer=h["transfer"],
+                ratio=(ratios or {}).get(run, h["ratio"]),
+                n_params=(n_params or {}).get(run, h["n_params"]),
+                warmup_steps=h["warmup_steps"] if warmup_steps is None else warmup_steps,
+                split=sp,
+                source=str(path),
             )
         )
     if not curves:
-        raise CurveError(f"{path}: no curve rows selected")
+        raise InputError(f"{path}: no curve rows selected")
     return curves
 
 
@@ -339,31 +361,31 @@ def curves_from_tables(curves_df: pd.DataFrame, lrs_df: pd.DataFrame, runs_df: p
         _need(df, cols, name)
     sub = curves_df[curves_df["split"].astype(str) == split]
     if sub.empty:
-        raise CurveError(f"curves.parquet: no rows with split '{split}'")
+        raise InputError(f"curves.parquet: no rows with split '{split}'")
     runs = runs_df.set_index("run_id")
     lr_by_run = {str(r): g.sort_values("step") for r, g in lrs_df.groupby("run_id", sort=False)}
 
     def history(run: str) -> np.ndarray:
         if run not in lr_by_run:
-            raise CurveError(f"lrs.parquet: run '{run}' has no LR history")
+            raise InputError(f"lrs.parquet: run '{run}' has no LR history")
         g = lr_by_run[run]
         s = g["step"].to_numpy()
         v = g["lr"].to_numpy(dtype=np.float64)
         if s.size and s[0] > 1:  # CPT table holding only its own phase: prepend the parent's PT part
             parent = str(runs.loc[run].get("parent", "") or "")
             if not parent:
-                raise CurveError(f"lrs.parquet: run '{run}' starts at step {s[0]} and has no parent run")
+                raise InputError(f"lrs.parquet: run '{run}' starts at step {s[0]} and has no parent run")
             v = np.concatenate([history(parent)[: s[0] - 1], v])
             s = np.arange(1, v.size + 1)
         if not np.array_equal(s, np.arange(1, s.size + 1)):
-            raise CurveError(f"lrs.parquet: run '{run}': steps must be 1..T with one row per update")
+            raise InputError(f"lrs.parquet: run '{run}': steps must be 1..T with one row per update")
         return v
 
     out = []
     for run, g in sub.groupby("run_id", sort=False):
         run = str(run)
         if run not in runs.index:
-            raise CurveError(f"runs.parquet: run '{run}' (in curves.parquet) is missing")
+            raise InputError(f"runs.parquet: run '{run}' (in curves.parquet) is missing")
         meta = runs.loc[run]
         g = g.sort_values("step")
         cpt = str(meta["phase"]) == "cpt"
@@ -372,10 +394,16 @@ def curves_from_tables(curves_df: pd.DataFrame, lrs_df: pd.DataFrame, runs_df: p
         nn = meta.get("n_nonembed", np.nan)
         out.append(
             Curve(
-                run_id=run, lrs=history(run), steps=g["step"].to_numpy(), loss=g["loss"].to_numpy(dtype=np.float64),
-                transfer=transfer, ratio=float(meta.get("ratio", 0.0) or 0.0) if cpt else 0.0,
-                n_params=float(nn) / 1e6 if pd.notna(nn) else None, warmup_steps=int(spec.get("warmup_steps", 0)),
-                split=split, source="curves.parquet",
+                run_id=run,
+                lrs=history(run),
+                steps=g["step"].to_numpy(),
+                loss=g["loss"].to_numpy(dtype=np.float64),
+                transfer=transfer,
+                ratio=float(meta.get("ratio", 0.0) or 0.0) if cpt else 0.0,
+                n_params=float(nn) / 1e6 if pd.notna(nn) else None,
+                warmup_steps=int(spec.get("warmup_steps", 0)),
+                split=split,
+                source="curves.parquet",
             )
         )
     return out

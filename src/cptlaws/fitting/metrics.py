@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from cptlaws.errors import InputError
+
 KEYS = ("mae", "rmse", "r2", "mean_rel", "worst_rel", "huber", "n")
 
 
@@ -15,9 +17,11 @@ def metrics(obs, pred, huber_delta: float = 1e-3) -> dict:
     obs = np.asarray(obs, float)
     pred = np.asarray(pred, float)
     if obs.shape != pred.shape or obs.ndim != 1 or obs.size == 0:
-        raise ValueError(f"metrics: obs and pred must be non-empty 1-D arrays of equal length ({obs.shape} vs {pred.shape})")
+        raise InputError(
+            f"metrics: obs and pred must be non-empty 1-D arrays of equal length ({obs.shape} vs {pred.shape})"
+        )
     if not (np.all(np.isfinite(obs)) and np.all(np.isfinite(pred))):
-        raise ValueError("metrics: obs / pred contain NaN or inf")
+        raise InputError("metrics: obs / pred contain NaN or inf")
     err = pred - obs
     rel = np.abs(err) / np.abs(obs)
     ss_tot = float(np.sum((obs - obs.mean()) ** 2))
@@ -48,7 +52,7 @@ def per_curve(groups: dict[str, tuple], huber_delta: float = 1e-3) -> dict:
 
 def evaluate(fit, curves, huber_delta: float = 1e-3, drop_warmup: bool = True) -> dict:
     """Held-out metrics of a FitResult on curves (points a fit would use: step > 0, past warm-up)."""
-    from cptlaws.fit import select_points
+    from cptlaws.fitting import select_points
 
     sel, _, _ = select_points(curves, drop_warmup)
     preds = fit.predict_arrays(sel)

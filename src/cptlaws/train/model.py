@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from cptlaws.errors import ConfigError
+
 # hidden, intermediate, layers, heads, kv heads -> non-embedding params (see test_model.py)
 PRESETS: dict[str, dict[str, int]] = {
     "nano": dict(hidden_size=32, intermediate_size=88, num_layers=2, num_heads=2, num_kv_heads=2),  # ~25k
@@ -24,68 +26,76 @@ PRESETS: dict[str, dict[str, int]] = {
     "1.7B": dict(hidden_size=2048, intermediate_size=8832, num_layers=24, num_heads=16, num_kv_heads=16),
 }
 # Nominal non-embedding sizes, for documentation and the preset test.
-NOMINAL = {"nano": 25e3, "tiny": 0.1e6, "mini": 0.33e6, "small": 1.0e6, "base": 4.8e6, "medium": 14e6,
-           "106M": 106e6, "594M": 594e6, "1.7B": 1.7e9}
+NOMINAL = {
+    "nano": 25e3,
+    "tiny": 0.1e6,
+    "mini": 0.33e6,
+    "small": 1.0e6,
+    "base": 4.8e6,
+    "medium": 14e6,
+    "106M": 106e6,
+    "594M": 594e6,
+    "1.7B": 1.7e9,
+}
 
 SHAPE_KEYS = ("hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads")
 EXTRA_KEYS = ("rope_theta", "tie_word_embeddings", "rms_norm_eps", "initializer_range")
 MODEL_KEYS = ("preset", "vocab_size") + SHAPE_KEYS + EXTRA_KEYS
 
 
-class ModelConfigError(ValueError):
-    """A model spec that cannot be built; the message names the key."""
-
-
 def resolve_model_spec(spec: Mapping[str, Any], where: str = "model") -> dict[str, Any]:
-    """Preset + explicit overrides -> a complete shape dict. Raises ModelConfigError naming the key."""
+    """Preset + explicit overrides -> a complete shape dict. Raises ConfigError naming the key."""
     if not isinstance(spec, Mapping):
-        raise ModelConfigError(f"key '{where}' = {spec!r}: must be a mapping ({{preset: tiny}} or explicit sizes)")
+        raise ConfigError(f"key '{where}' = {spec!r}: must be a mapping ({{preset: tiny}} or explicit sizes)")
     unknown = sorted(set(spec) - set(MODEL_KEYS))
     if unknown:
-        raise ModelConfigError(f"key '{where}.{unknown[0]}': unknown key (known: {', '.join(MODEL_KEYS)})")
+        raise ConfigError(f"key '{where}.{unknown[0]}': unknown key (known: {', '.join(MODEL_KEYS)})")
     out: dict[str, Any] = {}
     if "preset" in spec:
         name = spec["preset"]
         if name not in PRESETS:
-            raise ModelConfigError(f"key '{where}.preset' = {name!r}: unknown preset (one of {', '.join(PRESETS)})")
+            raise ConfigError(f"key '{where}.preset' = {name!r}: unknown preset (one of {', '.join(PRESETS)})")
         out["preset"] = name
         out.update(PRESETS[name])
     for k in SHAPE_KEYS:
         if k in spec:
             v = spec[k]
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-                raise ModelConfigError(f"key '{where}.{k}' = {v!r}: must be a positive integer")
+                raise ConfigError(f"key '{where}.{k}' = {v!r}: must be a positive integer")
             out[k] = v
     missing = [k for k in SHAPE_KEYS if k not in out]
     if missing:
-        raise ModelConfigError(f"key '{where}.{missing[0]}': missing (give a preset or all of {', '.join(SHAPE_KEYS)})")
+        raise ConfigError(f"key '{where}.{missing[0]}': missing (give a preset or all of {', '.join(SHAPE_KEYS)})")
     if out["hidden_size"] % out["num_heads"]:
-        raise ModelConfigError(
-            f"key '{where}.num_heads' = {out['num_heads']}: must divide hidden_size {out['hidden_size']}")
+        raise ConfigError(f"key '{where}.num_heads' = {out['num_heads']}: must divide hidden_size {out['hidden_size']}")
     if out["num_heads"] % out["num_kv_heads"]:
-        raise ModelConfigError(
-            f"key '{where}.num_kv_heads' = {out['num_kv_heads']}: must divide num_heads {out['num_heads']}")
+        raise ConfigError(
+            f"key '{where}.num_kv_heads' = {out['num_kv_heads']}: must divide num_heads {out['num_heads']}"
+        )
     if "vocab_size" in spec:
         v = spec["vocab_size"]
         if isinstance(v, bool) or not isinstance(v, int) or v <= 1:
-            raise ModelConfigError(f"key '{where}.vocab_size' = {v!r}: must be an integer > 1")
+            raise ConfigError(f"key '{where}.vocab_size' = {v!r}: must be an integer > 1")
         out["vocab_size"] = v
     for k in ("rope_theta", "rms_norm_eps", "initializer_range"):
         if k in spec:
             v = spec[k]
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
                 hint = " (YAML 1.1 reads 1e-5 as a string: write 1.0e-5)" if isinstance(v, str) else ""
-                raise ModelConfigError(f"key '{where}.{k}' = {v!r}: must be a positive number{hint}")
+                raise ConfigError(f"key '{where}.{k}' = {v!r}: must be a positive number{hint}")
             out[k] = float(v)
     if "tie_word_embeddings" in spec:
         if not isinstance(spec["tie_word_embeddings"], bool):
-            raise ModelConfigError(f"key '{where}.tie_word_embeddings' = {spec['tie_word_embeddings']!r}: must be true/false")
+            raise ConfigError(
+                f"key '{where}.tie_word_embeddings' = {spec['tie_word_embeddings']!r}: must be true/false"
+            )
         out["tie_word_embeddings"] = spec["tie_word_embeddings"]
     return out
 
 
-def llama_config(spec: Mapping[str, Any], vocab_size: int | None = None, seq_len: int = 2048,
-                 attn_implementation: str = "sdpa"):
+def llama_config(
+    spec: Mapping[str, Any], vocab_size: int | None = None, seq_len: int = 2048, attn_implementation: str = "sdpa"
+):
     """A ``transformers.LlamaConfig`` for a model spec (preset name or mapping)."""
     from transformers import LlamaConfig
 
@@ -94,7 +104,9 @@ def llama_config(spec: Mapping[str, Any], vocab_size: int | None = None, seq_len
     s = resolve_model_spec(spec)
     vocab = s.get("vocab_size", vocab_size)
     if vocab is None:
-        raise ModelConfigError("key 'model.vocab_size': unknown (not in the model spec, the data meta.json or the tokenizer)")
+        raise ConfigError(
+            "key 'model.vocab_size': unknown (not in the model spec, the data meta.json or the tokenizer)"
+        )
     cfg = LlamaConfig(
         vocab_size=int(vocab),
         hidden_size=s["hidden_size"],
@@ -133,8 +145,9 @@ def _register_sdpa_fp32() -> None:
         if attention_mask is not None and attention_mask.is_floating_point():
             attention_mask = attention_mask.float()
         with torch.autocast(query.device.type, enabled=False):
-            out, weights = sdpa_attention_forward(module, query.float(), key.float(), value.float(),
-                                                  attention_mask, **kw)
+            out, weights = sdpa_attention_forward(
+                module, query.float(), key.float(), value.float(), attention_mask, **kw
+            )
         return out.to(dt), weights
 
     AttentionInterface.register(SDPA_FP32, sdpa_fp32)
@@ -146,8 +159,15 @@ def attention_for(device_type: str, dtype: str) -> str:
     return SDPA_FP32 if device_type == "cpu" and dtype == "bfloat16" else "sdpa"
 
 
-def build_model(spec: Mapping[str, Any] | str, vocab_size: int | None = None, seq_len: int = 2048, *,
-                seed: int | None = None, device: str | None = None, attn_implementation: str = "sdpa"):
+def build_model(
+    spec: Mapping[str, Any] | str,
+    vocab_size: int | None = None,
+    seq_len: int = 2048,
+    *,
+    seed: int | None = None,
+    device: str | None = None,
+    attn_implementation: str = "sdpa",
+):
     """A freshly initialised ``LlamaForCausalLM``; ``seed`` makes the init reproducible."""
     import torch
     from transformers import LlamaForCausalLM

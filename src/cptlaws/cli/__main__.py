@@ -1,0 +1,5 @@
+import sys
+
+from cptlaws.cli import main
+
+sys.exit(main())
