@@ -20,12 +20,14 @@ import math
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from cptlaws.errors import DataError
+
+if TYPE_CHECKING:  # torch is imported where rows are made: checking a run config must not import it
+    import torch
 
 
 def _is_dataset_dir(p: Path) -> bool:
@@ -64,6 +66,7 @@ def read_meta(path: str | Path) -> dict[str, Any]:
 def load_rows(path: str | Path, split: str = "train", seq_len: int | None = None, key: str = "") -> torch.Tensor:
     """All rows of a split as an int64 tensor ``[n_rows, seq_len + 1]`` (read straight from Arrow)."""
     import datasets
+    import torch
 
     d = split_dir(path, split, key)
     where = f"key '{key}': " if key else ""
@@ -207,6 +210,8 @@ class MixtureSampler:
         return out
 
     def next_batch(self) -> tuple[torch.Tensor, int]:
+        import torch
+
         idx = self.next_indices()
         parts = []
         if "domain" in idx:

@@ -21,10 +21,11 @@ from pathlib import Path
 
 import yaml
 
-from cptlaws import schedules
+from cptlaws import schedules, schema
 from cptlaws.errors import ConfigError
 
-SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "study.schema.yaml"  # package data
+SCHEMA_PATH = schema.SCHEMA_DIR / "study.schema.yaml"  # package data
+_DEVICE_NOTE = " (a CUDA device itself is checked when each training job starts, on its node)"
 
 RESOURCE_DEFAULTS = {
     "default": {"threads": 1, "mem_mb": 2000, "runtime": 30, "gpu": 0},
@@ -46,74 +47,23 @@ def canonical_number(x: float | int) -> str:
     return format(x, ".6g")
 
 
-def _key(path) -> str:
-    out = ""
-    for p in path:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
-    return out or "<root>"
-
-
 # ---------------------------------------------------------------- schema validation with defaults
-def _validator_class():
-    import jsonschema
-
-    base = jsonschema.Draft202012Validator
-
-    def set_defaults(validator, properties, instance, schema):
-        if isinstance(instance, dict):
-            for prop, sub in properties.items():
-                if isinstance(sub, dict) and "default" in sub and prop not in instance:
-                    instance[prop] = copy.deepcopy(sub["default"])
-        yield from base.VALIDATORS["properties"](validator, properties, instance, schema)
-
-    return jsonschema.validators.extend(base, {"properties": set_defaults})
-
-
-def _schema_message(err) -> str:
-    best = err
-    if err.context:  # oneOf / anyOf: report the sub-error of the branch the value was meant for
-        import jsonschema
-
-        pool = [e for e in err.context if e.validator not in ("const", "type")] or list(err.context)
-        best = jsonschema.exceptions.best_match(pool)
-    path = list(best.absolute_path)
-    value = best.instance
-    if best.validator == "additionalProperties" and isinstance(value, dict):
-        allowed = set(best.schema.get("properties", {}))
-        extra = sorted(k for k in value if k not in allowed)
-        if extra:
-            return f"config key '{_key(path + [extra[0]])}': unknown key (allowed here: {', '.join(sorted(allowed))})"
-    if best.validator == "required":
-        missing = [k for k in best.validator_value if k not in value]
-        if missing:
-            return f"config key '{_key(path + [missing[0]])}': missing (required)"
-    msg = best.message
-    if best.validator in ("type", "oneOf") and isinstance(value, str):
-        try:
-            float(value)
-            msg += (
-                " (YAML 1.1 reads 1e-5 or 1.0e6 as a string: write 1.0e-5 or 1.0e+6, with a dot and a signed exponent)"
-            )
-        except ValueError:
-            pass
-    return f"config key '{_key(path)}': {msg}"
-
-
 def validate_schema(config: Mapping, schema_path: str | Path | None = None) -> dict:
-    """Validate against the JSON schema and return a deep copy with defaults filled in."""
-    schema_path = Path(schema_path or SCHEMA_PATH)
-    if not schema_path.exists():
-        raise ConfigError(f"config schema not found: {schema_path}")
-    schema = yaml.safe_load(schema_path.read_text())
-    cfg = json.loads(json.dumps(config, default=str)) if config is not None else {}
-    if not isinstance(cfg, dict):
-        raise ConfigError(f"config must be a mapping, got {type(config).__name__}")
-    validator = _validator_class()(schema)
-    errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
-    if errors:
-        # The deepest error is the most precise; keep the first deepest one for a stable message.
-        deepest = max(errors, key=lambda e: len(e.absolute_path))
-        raise ConfigError(_schema_message(deepest))
+    """Validate against the study schema (``cptlaws.schema``) and return a deep copy with defaults filled in.
+
+    ``schema_path``: another copy of the schema (the workflow's); its references into the shipped run
+    schema still resolve."""
+    if schema_path is None:
+        doc = schema.schema("study")
+    else:
+        schema_path = Path(schema_path)
+        if not schema_path.exists():
+            raise ConfigError(f"config schema not found: {schema_path}")
+        doc = yaml.safe_load(schema_path.read_text())
+    cfg, bad = schema.validate(config, doc, uri=schema.BASE_URI + "study.copy.schema.yaml")
+    if bad is not None:
+        note = _DEVICE_NOTE if bad.key.endswith("runtime.device") else ""
+        raise ConfigError(f"config key '{bad.key}': {bad.message}{note}")
     return cfg
 
 
@@ -243,25 +193,28 @@ def load_study(
     schema_path: str | Path | None = None,
     results: str = "results",
     resources_dir: str = "resources",
+    files: list[str | Path] | tuple = (),
 ) -> Study:
-    """Validate a study config (mapping or YAML path) and expand it into runs. Raises ConfigError."""
+    """Validate a study config (mapping or YAML path) and expand it into runs. Raises ConfigError.
+
+    ``files``: the YAML files a mapping was read from (Snakemake's ``--configfile``s): they are read again
+    only to reject a key written twice, which Snakemake's own YAML reader lets the second one win."""
     if isinstance(config, (str, Path)):
-        path = Path(config)
-        try:
-            config = yaml.safe_load(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path}: invalid YAML: {exc}") from None
+        config = schema.read_yaml(config)
+    for f in files:
+        schema.read_yaml(f)
     cfg = validate_schema(config, schema_path)
     study = Study(config=cfg, results=results, resources_dir=resources_dir)
-    _semantic_checks(cfg)
-    _expand(study)
+    _check_corpora(cfg)
+    specs = _check_schedules(cfg)
+    _check_grids(cfg)
+    _expand(study, *specs)
     _check_checks(study)
+    _check_run_configs(study)
     return study
 
 
-def _semantic_checks(cfg: dict) -> None:
+def _check_corpora(cfg: dict) -> None:
     corpora = cfg["corpora"]
     if cfg["general"] not in corpora:
         raise ConfigError(
@@ -283,13 +236,22 @@ def _semantic_checks(cfg: dict) -> None:
             )
         if "token_budget" in spec and "hub" not in spec:
             raise ConfigError(f"config key 'corpora.{name}.token_budget': only used with 'hub'")
+
+
+def _check_schedules(cfg: dict) -> tuple[dict, dict]:
+    """The named PT and CPT schedules, each checked once against its phase length and normalised."""
     pt_steps = cfg["pt"]["steps"]
-    for name, spec in cfg["pt"]["schedules"].items():
-        s = _sched(spec, pt_steps, f"pt.schedules.{name}")
+    pt_specs = {n: _sched(s, pt_steps, f"pt.schedules.{n}") for n, s in cfg["pt"]["schedules"].items()}
+    for name, s in pt_specs.items():
         if s["peak_lr"] == schedules.PT_END or s["warmup_init"] == schedules.PT_END:
             raise ConfigError(f"config key 'pt.schedules.{name}': 'pt_end' is only meaningful for a CPT schedule")
-    for name, spec in cfg["cpt"]["schedules"].items():
-        _sched(spec, cfg["cpt"]["steps"], f"cpt.schedules.{name}")
+    cpt_steps = cfg["cpt"]["steps"]
+    cpt_specs = {n: _sched(s, cpt_steps, f"cpt.schedules.{n}") for n, s in cfg["cpt"]["schedules"].items()}
+    return pt_specs, cpt_specs
+
+
+def _check_grids(cfg: dict) -> None:
+    pt_steps = cfg["pt"]["steps"]
     for i, s in enumerate(cfg["pt"]["checkpoint_steps"]):
         if s > pt_steps:
             raise ConfigError(
@@ -303,7 +265,7 @@ def _semantic_checks(cfg: dict) -> None:
             _dup_check(spec.get(k, []), f"{base}.{k}")
     for i, g in enumerate(cfg["cpt"]["grids"]):
         base = f"cpt.grids[{i}]"
-        _names(g["domain"], corpora, f"{base}.domain", "corpus")
+        _names(g["domain"], cfg["corpora"], f"{base}.domain", "corpus")
         _names(g["cpt_schedule"], cfg["cpt"]["schedules"], f"{base}.cpt_schedule", "CPT schedule")
         _names(g["pt_schedule"], cfg["pt"]["schedules"], f"{base}.pt_schedule", "PT schedule")
         _names(g.get("model", []), cfg["models"], f"{base}.model", "model")
@@ -319,6 +281,26 @@ def _semantic_checks(cfg: dict) -> None:
                 raise ConfigError(
                     f"config key '{base}.domain[{j}]': {d!r} is the general corpus; CPT domains must differ from 'general'"
                 )
+
+
+# where a key of a run config comes from in the study config (for the messages of _check_run_configs)
+_STUDY_KEY = {"model": "models.{model}", "batch_size": "data.batch_size", "seq_len": "data.seq_len",
+              "eval_every": "train.eval_every", "eval_batches": "train.eval_batches", "optim": "train.optim",
+              "runtime": "train.runtime", "checkpoint": "train.checkpoint_every"}  # fmt: skip
+
+
+def _check_run_configs(study: Study) -> None:
+    """Every run config the expansion wrote must pass the trainer's own check (paths aside: nothing is
+    on disk yet at parse time), so a bad model preset or shape fails here and not in a training job."""
+    from cptlaws.train.config import validate_config
+
+    for rid, spec in study.runs.items():
+        try:
+            validate_config(spec["train"], source=f"of run {rid}", check_paths=False)
+        except ConfigError as exc:
+            top = str(getattr(exc, "key", "")).split(".")[0].split("[")[0]
+            origin = _STUDY_KEY.get(top, "").format(model=spec["row"]["model"])
+            raise ConfigError(f"config key '{origin}': {exc}" if origin else str(exc)) from None
 
 
 def _model_spec(cfg: dict, name: str) -> dict:
@@ -363,86 +345,96 @@ def _base_train(study: Study, run_id: str, phase: str, model: str, seed: int) ->
     return base
 
 
-def _expand(study: Study) -> None:
+def _expand(study: Study, pt_specs: dict, cpt_specs: dict) -> None:
+    """One training config + table row per run: the CPT runs of the grids, then the PT runs they branch
+    from (plus ``pt.runs``)."""
     cfg = study.config
     default_model = next(iter(cfg["models"]))
-    pt_steps, cpt_steps = cfg["pt"]["steps"], cfg["cpt"]["steps"]
-    pt_specs = {n: _sched(s, pt_steps, f"pt.schedules.{n}") for n, s in cfg["pt"]["schedules"].items()}
-    cpt_specs = {n: _sched(s, cpt_steps, f"cpt.schedules.{n}") for n, s in cfg["cpt"]["schedules"].items()}
-
     pt_keys: dict[tuple, set] = {}  # (model, schedule, seed) -> transfer steps to checkpoint
     for spec in cfg["pt"]["runs"]:
         for sched, model, seed in itertools.product(
             spec["schedule"], spec.get("model", [default_model]), spec.get("seed", [0])
         ):
             pt_keys.setdefault((model, sched, seed), set())
-
     cpt: dict[str, dict] = {}
     for i, g in enumerate(cfg["cpt"]["grids"]):
-        base = f"cpt.grids[{i}]"
         axes = (
             g["domain"], g["ratio"], g["cpt_schedule"], g.get("cpt_peak_lr", [None]), g["pt_schedule"],
             g["transfer_step"], g.get("model", [default_model]), g.get("seed", [0]),
         )  # fmt: skip
-        for domain, ratio, csched, clr, psched, T, model, seed in itertools.product(*axes):
+        for point in itertools.product(*axes):
+            domain, ratio, csched, clr, psched, T, model, seed = point
             rid = cpt_run_id(model, domain, ratio, csched, clr, psched, T, seed)
             if rid in cpt:  # union of cross-products: an overlap is the same run
                 continue
-            spec = dict(cpt_specs[csched], name=csched)
-            if clr is not None:
-                spec["peak_lr"] = float(clr)
-                spec = _sched(spec, cpt_steps, f"{base}.cpt_peak_lr (with cpt.schedules.{csched})")
-            pt_lrs = schedules.lr_array(pt_specs[psched], pt_steps)
-            eta_T = float(pt_lrs[T - 1])
-            cpt_lrs = schedules.lr_array(spec, cpt_steps, prev_lr=eta_T)
-            parent = pt_run_id(model, psched, seed)
-            pt_keys.setdefault((model, psched, seed), set()).add(int(T))
-            train = _base_train(study, rid, "cpt", model, seed)
-            train["data"] = {
-                "general": study.token_dir(cfg["general"]),
-                "domain": study.token_dir(domain),
-                "ratio": float(ratio),
-            }
-            train["steps"] = cpt_steps
-            train["schedule"] = spec
-            train["init"] = {
-                "checkpoint": f"{study.run_dir(parent)}/ckpt/step_{int(T)}",
-                "pt_schedule": dict(pt_specs[psched], name=psched),
-                "pt_steps": pt_steps,
-                "transfer_step": int(T),
-                "optimizer": cfg["cpt"]["optimizer"],
-            }
-            row = {
-                "run_id": rid, "phase": "cpt", "parent": parent, "model": model, "domain": domain,
-                "ratio": float(ratio), "pt_schedule": psched, "cpt_schedule": csched,
-                "peak_lr": _peak(pt_specs[psched]), "cpt_peak_lr": float(cpt_lrs.max()),
-                "transfer_step": int(T), "loss_potential": eta_T / _peak(pt_specs[psched]),
-                "steps": cpt_steps, "total_steps": int(T) + cpt_steps, "seed": int(seed),
-                "batch_size": cfg["data"]["batch_size"], "seq_len": cfg["data"]["seq_len"],
-                "schedule_json": json.dumps(dict(pt_specs[psched], name=psched), sort_keys=True),
-                "cpt_schedule_json": json.dumps(spec, sort_keys=True),
-            }  # fmt: skip
-            cpt[rid] = {"train": train, "row": row}
-
+            cpt[rid] = _cpt_run(study, rid, point, pt_specs, cpt_specs, f"cpt.grids[{i}]")
+            row = cpt[rid]["row"]
+            pt_keys.setdefault((row["model"], row["pt_schedule"], row["seed"]), set()).add(row["transfer_step"])
     extra_ckpt = set(cfg["pt"]["checkpoint_steps"])
     for (model, psched, seed), transfers in sorted(pt_keys.items()):
         rid = pt_run_id(model, psched, seed)
-        spec = dict(pt_specs[psched], name=psched)
-        lrs = schedules.lr_array(spec, pt_steps)
-        train = _base_train(study, rid, "pt", model, seed)
-        train["steps"] = pt_steps
-        train["schedule"] = spec
-        train["checkpoint"]["transfer_steps"] = sorted(transfers | extra_ckpt)
-        row = {
-            "run_id": rid, "phase": "pt", "parent": "", "model": model, "domain": "", "ratio": 0.0,
-            "pt_schedule": psched, "cpt_schedule": "", "peak_lr": _peak(spec), "cpt_peak_lr": math.nan,
-            "transfer_step": 0, "loss_potential": float(lrs[-1]) / _peak(spec), "steps": pt_steps,
-            "total_steps": pt_steps, "seed": int(seed), "batch_size": cfg["data"]["batch_size"],
-            "seq_len": cfg["data"]["seq_len"], "schedule_json": json.dumps(spec, sort_keys=True),
-            "cpt_schedule_json": "",
-        }  # fmt: skip
-        study.runs[rid] = {"train": train, "row": row}
+        study.runs[rid] = _pt_run(study, rid, model, psched, seed, pt_specs, sorted(transfers | extra_ckpt))
     study.runs.update(cpt)
+
+
+def _cpt_run(study: Study, rid: str, point: tuple, pt_specs: dict, cpt_specs: dict, base: str) -> dict:
+    cfg = study.config
+    domain, ratio, csched, clr, psched, T, model, seed = point
+    pt_steps, cpt_steps = cfg["pt"]["steps"], cfg["cpt"]["steps"]
+    spec = dict(cpt_specs[csched], name=csched)
+    if clr is not None:
+        spec["peak_lr"] = float(clr)
+        spec = _sched(spec, cpt_steps, f"{base}.cpt_peak_lr (with cpt.schedules.{csched})")
+    pt_lrs = schedules.lr_array(pt_specs[psched], pt_steps)
+    eta_T = float(pt_lrs[T - 1])
+    cpt_lrs = schedules.lr_array(spec, cpt_steps, prev_lr=eta_T)
+    parent = pt_run_id(model, psched, seed)
+    train = _base_train(study, rid, "cpt", model, seed)
+    train["data"] = {
+        "general": study.token_dir(cfg["general"]),
+        "domain": study.token_dir(domain),
+        "ratio": float(ratio),
+    }
+    train["steps"] = cpt_steps
+    train["schedule"] = spec
+    train["init"] = {
+        "checkpoint": f"{study.run_dir(parent)}/ckpt/step_{int(T)}",
+        "pt_schedule": dict(pt_specs[psched], name=psched),
+        "pt_steps": pt_steps,
+        "transfer_step": int(T),
+        "optimizer": cfg["cpt"]["optimizer"],
+    }
+    row = {
+        "run_id": rid, "phase": "cpt", "parent": parent, "model": model, "domain": domain,
+        "ratio": float(ratio), "pt_schedule": psched, "cpt_schedule": csched,
+        "peak_lr": _peak(pt_specs[psched]), "cpt_peak_lr": float(cpt_lrs.max()),
+        "transfer_step": int(T), "loss_potential": eta_T / _peak(pt_specs[psched]),
+        "steps": cpt_steps, "total_steps": int(T) + cpt_steps, "seed": int(seed),
+        "batch_size": cfg["data"]["batch_size"], "seq_len": cfg["data"]["seq_len"],
+        "schedule_json": json.dumps(dict(pt_specs[psched], name=psched), sort_keys=True),
+        "cpt_schedule_json": json.dumps(spec, sort_keys=True),
+    }  # fmt: skip
+    return {"train": train, "row": row}
+
+
+def _pt_run(study: Study, rid: str, model: str, psched: str, seed: int, pt_specs: dict, transfers: list) -> dict:
+    cfg = study.config
+    pt_steps = cfg["pt"]["steps"]
+    spec = dict(pt_specs[psched], name=psched)
+    lrs = schedules.lr_array(spec, pt_steps)
+    train = _base_train(study, rid, "pt", model, seed)
+    train["steps"] = pt_steps
+    train["schedule"] = spec
+    train["checkpoint"]["transfer_steps"] = transfers
+    row = {
+        "run_id": rid, "phase": "pt", "parent": "", "model": model, "domain": "", "ratio": 0.0,
+        "pt_schedule": psched, "cpt_schedule": "", "peak_lr": _peak(spec), "cpt_peak_lr": math.nan,
+        "transfer_step": 0, "loss_potential": float(lrs[-1]) / _peak(spec), "steps": pt_steps,
+        "total_steps": pt_steps, "seed": int(seed), "batch_size": cfg["data"]["batch_size"],
+        "seq_len": cfg["data"]["seq_len"], "schedule_json": json.dumps(spec, sort_keys=True),
+        "cpt_schedule_json": "",
+    }  # fmt: skip
+    return {"train": train, "row": row}
 
 
 def _peak(spec: Mapping) -> float:
