@@ -127,53 +127,15 @@ def tokenize_stream(
     if not 0.0 < valid_frac < 1.0:
         raise DataError(f"valid_frac must be in (0, 1), got {valid_frac}")
     load_tokenizer(tokenizer_path)  # fail early, naming the file
-    stream = open_stream(dataset, config, split, data_files)
-    cols = getattr(stream, "column_names", None)
-    if cols is not None and text_column not in cols:
-        raise DataError(f"dataset {dataset!r} has no text column {text_column!r}; columns: {cols}")
-    keep = [text_column] + ([id_column] if id_column else [])
-    enc = stream.select_columns(keep).map(
-        encode_batch,
-        batched=True,
-        batch_size=batch_size,
-        fn_kwargs={"tokenizer_path": str(tokenizer_path), "text_column": text_column},
-    )
+    enc = _encoded_stream(dataset, config, split, data_files, tokenizer_path, text_column, id_column, batch_size)
     # valid gets its share of the budget (at least one row), so a tiny valid_frac still yields a valid set
     min_valid = max(seq_len + 1, int(valid_frac * token_budget))
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     # rows are spooled to disk as the stream arrives (bounded memory); the spool goes once the dir is written
     with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.spool-", dir=out_dir.parent) as spool:
-        spool_dir = Path(spool)
-        parts = {s: RowSpool(spool_dir / f"{s}.arrow", seq_len) for s in ("train", "valid")}
-        counts = {s: {"tokens": 0, "docs": 0, "bytes": 0} for s in parts}
-        try:
-            for i, ex in enumerate(enc):
-                doc_id = ex[id_column] if id_column else i
-                # same hash as local corpora: a document id lands in the same split everywhere
-                s = "valid" if _unit_hash("split", seed, doc_id) < valid_frac else "train"
-                if s == "train" and counts["train"]["tokens"] >= token_budget:
-                    continue  # train is full; still reading only to fill valid
-                ids = np.asarray(ex["ids"], dtype=np.int32)
-                parts[s].add(ids)
-                counts[s]["tokens"] += len(ids)
-                counts[s]["docs"] += 1
-                counts[s]["bytes"] += int(ex["n_bytes"])
-                if counts["train"]["tokens"] >= token_budget and counts["valid"]["tokens"] >= min_valid:
-                    break
-        except DataError:
-            raise
-        except Exception as exc:
-            raise DataError(
-                f"reading dataset {dataset!r} failed after {sum(c['docs'] for c in counts.values())} "
-                f"documents: {type(exc).__name__}: {exc}"
-            ) from None
-        for s in parts:
-            if not counts[s]["docs"]:
-                raise DataError(
-                    f"dataset {dataset!r}: no documents went to split {s!r} "
-                    f"(stream too short for valid_frac={valid_frac}?)"
-                )
+        parts = {s: RowSpool(Path(spool) / f"{s}.arrow", seq_len) for s in ("train", "valid")}
+        counts = _split_documents(enc, parts, dataset, id_column, seed, valid_frac, token_budget, min_valid)
         streams = {s: (parts[s], counts[s]["docs"], counts[s]["bytes"]) for s in parts}
         source = {
             "kind": "hub",
@@ -189,6 +151,54 @@ def tokenize_stream(
             "budget_reached": counts["train"]["tokens"] >= token_budget,
         }
         return write_token_dir(out_dir, streams, seq_len, tokenizer_path, source, seed=seed, shuffle=shuffle)
+
+
+def _encoded_stream(dataset, config, split, data_files, tokenizer_path, text_column, id_column, batch_size):
+    """The opened stream, reduced to its text (and id) column and tokenized lazily by ``encode_batch``."""
+    stream = open_stream(dataset, config, split, data_files)
+    cols = getattr(stream, "column_names", None)
+    if cols is not None and text_column not in cols:
+        raise DataError(f"dataset {dataset!r} has no text column {text_column!r}; columns: {cols}")
+    keep = [text_column] + ([id_column] if id_column else [])
+    return stream.select_columns(keep).map(
+        encode_batch,
+        batched=True,
+        batch_size=batch_size,
+        fn_kwargs={"tokenizer_path": str(tokenizer_path), "text_column": text_column},
+    )
+
+
+def _split_documents(enc, parts, dataset, id_column, seed, valid_frac, token_budget, min_valid) -> dict:
+    """Read encoded documents into the train/valid spools until train holds ``token_budget`` tokens and
+    valid ``min_valid``; returns the per-split token, document and byte counts."""
+    counts = {s: {"tokens": 0, "docs": 0, "bytes": 0} for s in parts}
+    try:
+        for i, ex in enumerate(enc):
+            doc_id = ex[id_column] if id_column else i
+            # same hash as local corpora: a document id lands in the same split everywhere
+            s = "valid" if _unit_hash("split", seed, doc_id) < valid_frac else "train"
+            if s == "train" and counts["train"]["tokens"] >= token_budget:
+                continue  # train is full; still reading only to fill valid
+            ids = np.asarray(ex["ids"], dtype=np.int32)
+            parts[s].add(ids)
+            counts[s]["tokens"] += len(ids)
+            counts[s]["docs"] += 1
+            counts[s]["bytes"] += int(ex["n_bytes"])
+            if counts["train"]["tokens"] >= token_budget and counts["valid"]["tokens"] >= min_valid:
+                break
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(
+            f"reading dataset {dataset!r} failed after {sum(c['docs'] for c in counts.values())} "
+            f"documents: {type(exc).__name__}: {exc}"
+        ) from None
+    for s in parts:
+        if not counts[s]["docs"]:
+            raise DataError(
+                f"dataset {dataset!r}: no documents went to split {s!r} (stream too short for valid_frac={valid_frac}?)"
+            )
+    return counts
 
 
 __all__ = ["HUB_PRESETS", "DataError", "HubSource", "open_stream", "tokenize_stream"]

@@ -347,36 +347,12 @@ def _fit_law(
     t0 = time.perf_counter()
     law = get_law(law, **(law_options or {}))
     curves = list(curves)
-    if not curves:
-        raise FitError("no curves to fit")
-    law.check_curves(curves)
-    if not (isinstance(n_starts, (int, np.integer)) and n_starts >= 1):
-        raise FitError(f"n_starts = {n_starts!r} must be a positive integer")
-    if not huber_delta > 0:
-        raise FitError(f"huber_delta = {huber_delta!r} must be > 0")
-    for c in curves:
-        if not (np.all(np.isfinite(c.loss)) and np.all(c.loss > 0)):
-            raise FitError(f"run '{c.run_id}': loss contains NaN/inf or values <= 0")
+    _check_inputs(law, curves, n_starts, huber_delta)
     sel, dropped_w, _ = select_points(curves, drop_warmup, drop_first_frac)
-    n_pts = sum(len(c.steps) for c in sel)
-    n_free = len(law.params) - len(fixed or {})
-    if n_pts < n_free + 1:
-        raise FitError(
-            f"law '{law.name}': {n_pts} usable points for {n_free} free parameters "
-            f"(need at least {n_free + 1}; {dropped_w} warm-up points dropped)"
-        )
+    n_pts = _check_enough_points(law, sel, fixed, dropped_w)
     y = np.concatenate([c.loss for c in sel])
-    rng = np.random.default_rng(seed)
-    fit_lam = isinstance(lam, str)
-    if fit_lam and lam != "fit":
-        raise FitError(f"lam = {lam!r}: give a number in [0, 1) or 'fit'")
-    if not law.uses_lambda:
-        fit_lam, lam = False, DEFAULT_LAMBDA if fit_lam else float(lam)
-    lam_trace = []
-    if not fit_lam:
-        lam = float(lam)
-        if not 0.0 <= lam < 1.0:
-            raise FitError(f"lam = {lam!r} must be in [0, 1)")
+    fitter = _Fitter(law, sel, y, huber_delta, fixed, np.random.default_rng(seed), warmup_as_peak)
+    fit_lam, lam = _resolve_lambda(law, lam)
 
     def nested(name, cs):
         return _fit_law(
@@ -394,89 +370,162 @@ def _fit_law(
 
     starts = law.warm_starts(sel, nested) if warm_start else []
     extra = [np.array([float(s[n]) for n in law.params]) for s in starts]
+    lam_trace = []
     if not fit_lam:
-        run, _ = _fit_at_lambda(law, sel, lam, y, n_starts, n_refine, huber_delta, fixed, rng, warmup_as_peak, extra)
+        run = fitter.at(lam, n_starts, n_refine, extra)
     else:
-        # outer 1-D search in x = log(1 - lambda): grid, then golden-section between the best's neighbours
-        xs = np.linspace(math.log(1 - lam_range[1]), math.log(1 - lam_range[0]), 8)
-        runs = []
-        for x in xs:
-            r, _ = _fit_at_lambda(
-                law,
-                sel,
-                1 - math.exp(x),
-                y,
-                n_starts,
-                n_refine,
-                huber_delta,
-                fixed,
-                rng,
-                warmup_as_peak,
-                ([runs[-1][1].p] if runs else []) + extra,
-            )
-            runs.append((x, r))
-            lam_trace.append((1 - math.exp(x), r.obj))
-        j = int(np.argmin([r.obj for _, r in runs]))
-        a, b = xs[max(j - 1, 0)], xs[min(j + 1, len(xs) - 1)]
-        best_x, best = runs[j]
-        cache = {}
+        lam, run, lam_trace = _search_lambda(fitter, n_starts, n_refine, lam_range, extra)
+    options = {
+        "warmup_as_peak": warmup_as_peak,
+        "huber_delta": huber_delta,
+        "drop_warmup": drop_warmup,
+        "drop_first_frac": drop_first_frac,
+        "lam_fitted": fit_lam,
+        "n_refine": n_refine,
+        "seed": seed,
+        "fixed": dict(fixed or {}),
+        "n_init_starts": len(starts),
+    }
+    result = _make_result(law, curves, lam, run, options)
+    diag = _diagnostics(run, n_starts, n_pts, dropped_w, lam_trace)
+    if bootstrap:
+        diag["bootstrap"] = _add_bootstrap(fitter, result, bootstrap, n_starts)
+    diag["wall_s"] = round(time.perf_counter() - t0, 4)
+    result.diagnostics = diag
+    return result
 
-        def f(x):
-            nonlocal best_x, best
-            if x not in cache:
-                r, _ = _fit_at_lambda(
-                    law,
-                    sel,
-                    1 - math.exp(x),
-                    y,
-                    max(n_starts // 10, 20),
-                    max(n_refine // 3, 2),
-                    huber_delta,
-                    fixed,
-                    rng,
-                    warmup_as_peak,
-                    [best.p],
-                )
-                cache[x] = r
-                lam_trace.append((1 - math.exp(x), r.obj))
-                if r.obj < best.obj:
-                    best_x, best = x, r
-            return cache[x].obj
 
-        g = (math.sqrt(5) - 1) / 2
-        c, d = b - g * (b - a), a + g * (b - a)
-        fc, fd = f(c), f(d)
-        for _ in range(8):
-            if fc < fd:
-                b, d, fd = d, c, fc
-                c = b - g * (b - a)
-                fc = f(c)
-            else:
-                a, c, fc = c, d, fd
-                d = a + g * (b - a)
-                fd = f(d)
-        lam = 1 - math.exp(best_x)
-        run = best
-    params = {n: float(v) for n, v in zip(law.params, run.p)}
-    result = FitResult(
+def _check_inputs(law: Law, curves: list, n_starts, huber_delta) -> None:
+    """FitError unless there are curves the law accepts, a positive start count and delta, finite positive losses."""
+    if not curves:
+        raise FitError("no curves to fit")
+    law.check_curves(curves)
+    if not (isinstance(n_starts, (int, np.integer)) and n_starts >= 1):
+        raise FitError(f"n_starts = {n_starts!r} must be a positive integer")
+    if not huber_delta > 0:
+        raise FitError(f"huber_delta = {huber_delta!r} must be > 0")
+    for c in curves:
+        if not (np.all(np.isfinite(c.loss)) and np.all(c.loss > 0)):
+            raise FitError(f"run '{c.run_id}': loss contains NaN/inf or values <= 0")
+
+
+def _check_enough_points(law: Law, sel: list, fixed: dict | None, dropped_w: int) -> int:
+    """Number of usable points; FitError when there are not more than free parameters."""
+    n_pts = sum(len(c.steps) for c in sel)
+    n_free = len(law.params) - len(fixed or {})
+    if n_pts < n_free + 1:
+        raise FitError(
+            f"law '{law.name}': {n_pts} usable points for {n_free} free parameters "
+            f"(need at least {n_free + 1}; {dropped_w} warm-up points dropped)"
+        )
+    return n_pts
+
+
+def _resolve_lambda(law: Law, lam: float | str) -> tuple[bool, float | str]:
+    """(whether lambda is fitted, the fixed lambda as a float or "fit"); FitError on a bad value."""
+    fit_lam = isinstance(lam, str)
+    if fit_lam and lam != "fit":
+        raise FitError(f"lam = {lam!r}: give a number in [0, 1) or 'fit'")
+    if not law.uses_lambda:
+        fit_lam, lam = False, DEFAULT_LAMBDA if fit_lam else float(lam)
+    if not fit_lam:
+        lam = float(lam)
+        if not 0.0 <= lam < 1.0:
+            raise FitError(f"lam = {lam!r} must be in [0, 1)")
+    return fit_lam, lam
+
+
+@dataclasses.dataclass
+class _Fitter:
+    """What every multi-start of one fit shares: the law, its points, the objective settings and the RNG."""
+
+    law: Law
+    sel: list
+    y: np.ndarray
+    delta: float
+    fixed: dict | None
+    rng: np.random.Generator
+    warmup_as_peak: bool
+
+    def at(self, lam: float, n_starts: int, n_refine: int, extra=()) -> _Run:
+        """Best multi-start run at a fixed lambda."""
+        run, _ = _fit_at_lambda(
+            self.law,
+            self.sel,
+            lam,
+            self.y,
+            n_starts,
+            n_refine,
+            self.delta,
+            self.fixed,
+            self.rng,
+            self.warmup_as_peak,
+            extra,
+        )
+        return run
+
+
+def _search_lambda(fitter: _Fitter, n_starts: int, n_refine: int, lam_range, extra) -> tuple[float, _Run, list]:
+    """Outer 1-D search in x = log(1 - lambda): grid, then golden-section between the best's neighbours.
+
+    Returns (lambda, its run, the (lambda, objective) trace of every evaluation)."""
+    trace = []
+    xs = np.linspace(math.log(1 - lam_range[1]), math.log(1 - lam_range[0]), 8)
+    runs = []
+    for x in xs:
+        r = fitter.at(1 - math.exp(x), n_starts, n_refine, ([runs[-1][1].p] if runs else []) + extra)
+        runs.append((x, r))
+        trace.append((1 - math.exp(x), r.obj))
+    j = int(np.argmin([r.obj for _, r in runs]))
+    a, b = xs[max(j - 1, 0)], xs[min(j + 1, len(xs) - 1)]
+    best_x, best = _golden_lambda(fitter, max(n_starts // 10, 20), max(n_refine // 3, 2), a, b, runs[j], trace)
+    return 1 - math.exp(best_x), best, trace
+
+
+def _golden_lambda(fitter: _Fitter, n_starts: int, n_refine: int, a: float, b: float, best: tuple, trace: list):
+    """Golden-section search (8 steps) over x in [a, b], each point started from the best run so far.
+
+    ``best`` is (x, run) of the grid's best; returns the best (x, run) seen, appending to ``trace``."""
+    cache = {}
+
+    def f(x):
+        nonlocal best
+        if x not in cache:
+            r = fitter.at(1 - math.exp(x), n_starts, n_refine, [best[1].p])
+            cache[x] = r
+            trace.append((1 - math.exp(x), r.obj))
+            if r.obj < best[1].obj:
+                best = (x, r)
+        return cache[x].obj
+
+    g = (math.sqrt(5) - 1) / 2
+    c, d = b - g * (b - a), a + g * (b - a)
+    fc, fd = f(c), f(d)
+    for _ in range(8):
+        if fc < fd:
+            b, d, fd = d, c, fc
+            c = b - g * (b - a)
+            fc = f(c)
+        else:
+            a, c, fc = c, d, fd
+            d = a + g * (b - a)
+            fd = f(d)
+    return best
+
+
+def _make_result(law: Law, curves: list, lam: float, run: _Run, options: dict) -> FitResult:
+    return FitResult(
         law=law.name,
-        params=params,
+        params={n: float(v) for n, v in zip(law.params, run.p)},
         lam=float(lam),
         split=curves[0].split if len({c.split for c in curves}) == 1 else None,
         law_options=law.options(),
         fit_runs=sorted({c.run_id for c in curves}),
-        options={
-            "warmup_as_peak": warmup_as_peak,
-            "huber_delta": huber_delta,
-            "drop_warmup": drop_warmup,
-            "drop_first_frac": drop_first_frac,
-            "lam_fitted": fit_lam,
-            "n_refine": n_refine,
-            "seed": seed,
-            "fixed": dict(fixed or {}),
-            "n_init_starts": len(starts),
-        },
+        options=options,
     )
+
+
+def _diagnostics(run: _Run, n_starts: int, n_pts: int, dropped_w: int, lam_trace: list) -> dict:
     diag = {
         "objective": run.obj,
         "n_starts": int(n_starts),
@@ -489,19 +538,21 @@ def _fit_law(
     }
     if lam_trace:
         diag["lambda_trace"] = [[float(a), float(b)] for a, b in sorted(lam_trace)]
-    if bootstrap:
-        result.bootstrap_params = _bootstrap(
-            law, sel, result, bootstrap, n_starts, huber_delta, fixed, rng, warmup_as_peak
-        )
-        arr = np.array([[bp[n] for n in law.params] for bp in result.bootstrap_params])
-        result.intervals = {
-            n: [float(np.quantile(arr[:, i], 0.025)), float(np.quantile(arr[:, i], 0.975))]
-            for i, n in enumerate(law.params)
-        }
-        diag["bootstrap"] = {"n": int(bootstrap), "unit": "curve" if len(sel) > 1 else "point", "lam": "fixed at fit"}
-    diag["wall_s"] = round(time.perf_counter() - t0, 4)
-    result.diagnostics = diag
-    return result
+    return diag
+
+
+def _add_bootstrap(fitter: _Fitter, result: FitResult, bootstrap: int, n_starts: int) -> dict:
+    """Fill ``result``'s bootstrap parameters and 95 % intervals; returns the diagnostics entry."""
+    law, sel = fitter.law, fitter.sel
+    result.bootstrap_params = _bootstrap(
+        law, sel, result, bootstrap, n_starts, fitter.delta, fitter.fixed, fitter.rng, fitter.warmup_as_peak
+    )
+    arr = np.array([[bp[n] for n in law.params] for bp in result.bootstrap_params])
+    result.intervals = {
+        n: [float(np.quantile(arr[:, i], 0.025)), float(np.quantile(arr[:, i], 0.975))]
+        for i, n in enumerate(law.params)
+    }
+    return {"n": int(bootstrap), "unit": "curve" if len(sel) > 1 else "point", "lam": "fixed at fit"}
 
 
 def _bootstrap(law, sel, result, B, n_starts, delta, fixed, rng, warmup_as_peak) -> list[dict]:

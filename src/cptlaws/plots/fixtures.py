@@ -153,75 +153,10 @@ def make_fixture_study(root: str | Path, seed: int = 0) -> dict[str, Path]:
     tables, fits_dir, checks = root / "tables", root / "fits", root / "checks"
     run_rows, curve_rows, lr_rows, scheds = [], [], [], {}
     for r in _grid():
-        if r["phase"] == "pt":
-            lrs = lr_array(r["spec"], PT_STEPS)
-            steps, first = PT_STEPS, 0
-            splits = ["general", *DOMAINS]
-        else:
-            lrs = phase_lrs(r["spec"], PT_STEPS, r["transfer"], r["cpt_spec"], CPT_STEPS)
-            steps, first = CPT_STEPS, r["transfer"]
-            splits = ["general", r["domain"]]
-        total = lrs.size
-        sched = RunSchedule(r["run_id"], lrs, r["transfer"], r["spec"]["warmup_steps"], r["ratio"])
-        scheds[r["run_id"]] = sched
-        peak_pt = r["spec"]["peak_lr"]
-        run_rows.append(
-            dict(
-                run_id=r["run_id"],
-                phase=r["phase"],
-                parent=r["parent"],
-                model="tiny",
-                n_params=420_000,
-                n_nonembed=100_000,
-                domain=r["domain"],
-                ratio=r["ratio"],
-                pt_schedule=r["pt_schedule"],
-                cpt_schedule=r["cpt_schedule"],
-                peak_lr=peak_pt,
-                cpt_peak_lr=r["cpt_peak"],
-                transfer_step=r["transfer"] if r["transfer"] is not None else np.nan,
-                loss_potential=(lrs[r["transfer"] - 1] / peak_pt) if r["transfer"] else np.nan,
-                steps=steps,
-                total_steps=total,
-                seed=seed,
-                batch_size=BATCH,
-                seq_len=SEQ,
-                status="ok",
-                wall_time_s=0.0,
-                tokens_per_s=0.0,
-                schedule_json=json.dumps(r["spec"]),
-                cpt_schedule_json=json.dumps(r["cpt_spec"]) if r["cpt_spec"] else "",
-            )
-        )
-        lr_rows.append(pd.DataFrame({"run_id": r["run_id"], "step": np.arange(1, total + 1), "lr": lrs}))
-        eval_steps = np.arange(first, total + 1, EVAL_EVERY)
-        areas = compute_areas(lrs, LAM, r["transfer"], r["spec"]["warmup_steps"]).at(eval_steps)
-        for split in splits:
-            domain = r["domain"] or (split if split != "general" else DOMAINS[0])
-            _, clean = law_curve(true_fit(domain, split), sched, eval_steps)
-            loss = clean + rng.normal(0.0, NOISE, clean.size)
-            if first == 0:  # step 0: the initial model, well above the law (which diverges at S1 = 0)
-                loss[0] = 7.0 + rng.normal(0.0, 0.01)
-            curve_rows.append(
-                pd.DataFrame(
-                    {
-                        "run_id": r["run_id"],
-                        "phase": r["phase"],
-                        "step": eval_steps,
-                        "cpt_step": eval_steps - (r["transfer"] or 0),
-                        "tokens": eval_steps * BATCH * SEQ,
-                        "lr": np.where(eval_steps > 0, lrs[np.maximum(eval_steps - 1, 0)], 0.0),
-                        "split": split,
-                        "loss": loss,
-                        "S1": areas.S1,
-                        "S2": areas.S2,
-                        "S1_pt": areas.S1_pt,
-                        "S1_cpt": areas.S1_cpt,
-                        "S2_pt": areas.S2_pt,
-                        "S2_cpt": areas.S2_cpt,
-                    }
-                )
-            )
+        run_row, frames, lr_frame, scheds[r["run_id"]] = _simulate_run(r, rng, seed)
+        run_rows.append(run_row)
+        curve_rows += frames
+        lr_rows.append(lr_frame)
     runs = pd.DataFrame(run_rows)
     curves = pd.concat(curve_rows, ignore_index=True)
     write_parquet(tables / "runs.parquet", runs)
@@ -237,6 +172,83 @@ def make_fixture_study(root: str | Path, seed: int = 0) -> dict[str, Path]:
     for domain in DOMAINS:
         _write_cmr(fits_dir, runs, curves, domain)
     return {"tables": tables, "fits": fits_dir, "checks": checks}
+
+
+def _simulate_run(r: dict, rng, seed: int):
+    """One grid run: its runs-table row, its curve frames (one per validation set), its LR frame, its schedule."""
+    if r["phase"] == "pt":
+        lrs = lr_array(r["spec"], PT_STEPS)
+        steps, first = PT_STEPS, 0
+        splits = ["general", *DOMAINS]
+    else:
+        lrs = phase_lrs(r["spec"], PT_STEPS, r["transfer"], r["cpt_spec"], CPT_STEPS)
+        steps, first = CPT_STEPS, r["transfer"]
+        splits = ["general", r["domain"]]
+    total = lrs.size
+    sched = RunSchedule(r["run_id"], lrs, r["transfer"], r["spec"]["warmup_steps"], r["ratio"])
+    lr_frame = pd.DataFrame({"run_id": r["run_id"], "step": np.arange(1, total + 1), "lr": lrs})
+    eval_steps = np.arange(first, total + 1, EVAL_EVERY)
+    areas = compute_areas(lrs, LAM, r["transfer"], r["spec"]["warmup_steps"]).at(eval_steps)
+    frames = []
+    for split in splits:
+        domain = r["domain"] or (split if split != "general" else DOMAINS[0])
+        _, clean = law_curve(true_fit(domain, split), sched, eval_steps)
+        loss = clean + rng.normal(0.0, NOISE, clean.size)
+        if first == 0:  # step 0: the initial model, well above the law (which diverges at S1 = 0)
+            loss[0] = 7.0 + rng.normal(0.0, 0.01)
+        frames.append(_curve_frame(r, split, eval_steps, lrs, areas, loss))
+    return _run_row(r, lrs, steps, seed), frames, lr_frame, sched
+
+
+def _run_row(r: dict, lrs: np.ndarray, steps: int, seed: int) -> dict:
+    peak_pt = r["spec"]["peak_lr"]
+    return dict(
+        run_id=r["run_id"],
+        phase=r["phase"],
+        parent=r["parent"],
+        model="tiny",
+        n_params=420_000,
+        n_nonembed=100_000,
+        domain=r["domain"],
+        ratio=r["ratio"],
+        pt_schedule=r["pt_schedule"],
+        cpt_schedule=r["cpt_schedule"],
+        peak_lr=peak_pt,
+        cpt_peak_lr=r["cpt_peak"],
+        transfer_step=r["transfer"] if r["transfer"] is not None else np.nan,
+        loss_potential=(lrs[r["transfer"] - 1] / peak_pt) if r["transfer"] else np.nan,
+        steps=steps,
+        total_steps=lrs.size,
+        seed=seed,
+        batch_size=BATCH,
+        seq_len=SEQ,
+        status="ok",
+        wall_time_s=0.0,
+        tokens_per_s=0.0,
+        schedule_json=json.dumps(r["spec"]),
+        cpt_schedule_json=json.dumps(r["cpt_spec"]) if r["cpt_spec"] else "",
+    )
+
+
+def _curve_frame(r: dict, split: str, eval_steps: np.ndarray, lrs: np.ndarray, areas, loss: np.ndarray):
+    return pd.DataFrame(
+        {
+            "run_id": r["run_id"],
+            "phase": r["phase"],
+            "step": eval_steps,
+            "cpt_step": eval_steps - (r["transfer"] or 0),
+            "tokens": eval_steps * BATCH * SEQ,
+            "lr": np.where(eval_steps > 0, lrs[np.maximum(eval_steps - 1, 0)], 0.0),
+            "split": split,
+            "loss": loss,
+            "S1": areas.S1,
+            "S2": areas.S2,
+            "S1_pt": areas.S1_pt,
+            "S1_cpt": areas.S1_cpt,
+            "S2_pt": areas.S2_pt,
+            "S2_cpt": areas.S2_cpt,
+        }
+    )
 
 
 def _metrics(obs: np.ndarray, pred: np.ndarray) -> dict:
@@ -265,10 +277,7 @@ def _band(fit, draws, sched, steps):
 def _write_fit(fits_dir, runs, curves, scheds, domain, split, rng, held_preds, fit_preds) -> list[dict]:
     """A perturbed-truth fit of one (domain, validation set) in the study's file layout, plus the held-out
     check "cos-from-wsd" (fit without the cosine CPT runs of the main branch, predict them)."""
-    truth = true_fit(domain, split)
-    params = {k: v * (1 + 0.002 * rng.standard_normal()) for k, v in truth["params"].items()}
-    rel_sd = {k: (0.002 if k in ("L0", "alpha") else 0.02) for k in params}
-    intervals = {k: sorted([v * (1 - 1.96 * rel_sd[k]), v * (1 + 1.96 * rel_sd[k])]) for k, v in params.items()}
+    fit, draws = _perturbed_fit(domain, split, rng)
     mine = runs[(runs["phase"] == "pt") | (runs["domain"] == domain)]
     held = mine[
         (mine["phase"] == "cpt")
@@ -276,61 +285,16 @@ def _write_fit(fits_dir, runs, curves, scheds, domain, split, rng, held_preds, f
         & (mine["transfer_step"] == 1000)
         & mine["cpt_peak_lr"].eq(PEAK)
     ]
-    role = "general" if split == "general" else "domain"
-    # Bands: the law under parameter draws from the synthetic intervals (a stand-in for the bootstrap).
-    draws = [{k: v * (1 + rel_sd[k] * rng.standard_normal()) for k, v in params.items()} for _ in range(60)]
-    fit = {
-        **truth,
-        "law_options": {"split_role": role},
-        "params": params,
-        "intervals": intervals,
-        "bootstrap_params": draws,
-        "options": {"warmup_as_peak": True},
-    }
+    held_ids = set(held["run_id"])
     draw_fits = [{**fit, "params": d} for d in draws]
-    per_run, rows = {}, []
+    rows = []
     for rid in mine["run_id"]:
-        obs = curves[(curves["run_id"] == rid) & (curves["split"] == split)].sort_values("step")
-        obs = obs[obs["step"] > 0]
-        steps = obs["step"].to_numpy()
-        pred, lo, hi = _band(fit, draw_fits, scheds[rid], steps)
-        frame = pd.DataFrame(
-            {
-                "run_id": rid,
-                "step": steps,
-                "split": split,
-                "loss": obs["loss"].to_numpy(),
-                "pred": pred,
-                "pred_lo": lo,
-                "pred_hi": hi,
-            }
-        )
+        frame = _prediction_frame(fit, draw_fits, curves, scheds[rid], rid, split)
         fit_preds.append(frame.assign(model="tiny", domain=domain, cpt_peak_lr=PEAK))
-        if rid in set(held["run_id"]):
+        if rid in held_ids:
             frame = frame.iloc[1:]  # held-out points: after the branch point
             held_preds.append(frame.assign(check="cos-from-wsd")[["check", *frame.columns]])
-            m = _metrics(frame["loss"].to_numpy(), frame["pred"].to_numpy())
-            per_run[rid] = m
-            rows.append(
-                {
-                    "check": "cos-from-wsd",
-                    "kind": "runs",
-                    "law": "replay",
-                    "model": "tiny",
-                    "domain": domain,
-                    "cpt_peak_lr": PEAK,
-                    "split": split,
-                    "run_id": rid,
-                    "n_fit_runs": len(mine) - len(held),
-                    "n_points": len(frame),
-                    **m,
-                    "metric": "mean_rel",
-                    "value": m["mean_rel"],
-                    "threshold": 0.01,
-                    "passed": m["mean_rel"] <= 0.01,
-                    "note": "",
-                }
-            )
+            rows.append(_check_row(frame, domain, split, rid, len(mine) - len(held)))
     fit_runs = sorted(mine["run_id"])
     n_points = int(curves[curves["run_id"].isin(fit_runs) & (curves["split"] == split)].shape[0])
     fit.update(
@@ -350,11 +314,73 @@ def _write_fit(fits_dir, runs, curves, scheds, domain, split, rng, held_preds, f
         model="tiny",
         domain=domain,
         cpt_peak_lr=PEAK,
-        role=role,
+        role=fit["law_options"]["split_role"],
         analysis="replay",
     )
     write_json(fits_dir / f"replay_tiny_{domain}_{split}.json", fit)
     return rows
+
+
+def _perturbed_fit(domain: str, split: str, rng) -> tuple[dict, list[dict]]:
+    """The true parameters, slightly perturbed, with synthetic intervals, and 60 parameter draws from those
+    intervals (a stand-in for the bootstrap, used for the bands)."""
+    truth = true_fit(domain, split)
+    params = {k: v * (1 + 0.002 * rng.standard_normal()) for k, v in truth["params"].items()}
+    rel_sd = {k: (0.002 if k in ("L0", "alpha") else 0.02) for k in params}
+    intervals = {k: sorted([v * (1 - 1.96 * rel_sd[k]), v * (1 + 1.96 * rel_sd[k])]) for k, v in params.items()}
+    role = "general" if split == "general" else "domain"
+    draws = [{k: v * (1 + rel_sd[k] * rng.standard_normal()) for k, v in params.items()} for _ in range(60)]
+    fit = {
+        **truth,
+        "law_options": {"split_role": role},
+        "params": params,
+        "intervals": intervals,
+        "bootstrap_params": draws,
+        "options": {"warmup_as_peak": True},
+    }
+    return fit, draws
+
+
+def _prediction_frame(fit, draw_fits, curves, sched, rid, split) -> pd.DataFrame:
+    """Observed loss of one run on one validation set (step > 0) with the fit's prediction and band."""
+    obs = curves[(curves["run_id"] == rid) & (curves["split"] == split)].sort_values("step")
+    obs = obs[obs["step"] > 0]
+    steps = obs["step"].to_numpy()
+    pred, lo, hi = _band(fit, draw_fits, sched, steps)
+    return pd.DataFrame(
+        {
+            "run_id": rid,
+            "step": steps,
+            "split": split,
+            "loss": obs["loss"].to_numpy(),
+            "pred": pred,
+            "pred_lo": lo,
+            "pred_hi": hi,
+        }
+    )
+
+
+def _check_row(frame: pd.DataFrame, domain: str, split: str, rid: str, n_fit_runs: int) -> dict:
+    """One row of the held-out check table for one predicted run."""
+    m = _metrics(frame["loss"].to_numpy(), frame["pred"].to_numpy())
+    return {
+        "check": "cos-from-wsd",
+        "kind": "runs",
+        "law": "replay",
+        "model": "tiny",
+        "domain": domain,
+        "cpt_peak_lr": PEAK,
+        "split": split,
+        "run_id": rid,
+        "n_fit_runs": n_fit_runs,
+        "n_points": len(frame),
+        **m,
+        "metric": "mean_rel",
+        "value": m["mean_rel"],
+        "threshold": 0.01,
+        "passed": m["mean_rel"] <= 0.01,
+        "note": "",
+    }
 
 
 def _write_cmr(fits_dir, runs, curves, domain) -> None:

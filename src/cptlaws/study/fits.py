@@ -3,6 +3,7 @@ across ratios and the CMR analysis; written to ``results/fits`` (docs/design.md)
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -138,58 +139,85 @@ def fit_study(analysis: str, tables_dir: str | Path, settings: Mapping, out_dir:
         groups = list(_groups(cpt))
         with_lr = _several_lrs([k for k, _ in groups])
         for key, g in groups:
-            label = f"{analysis} fit (model {key['model']}, domain {key['domain']}, CPT peak LR {key['cpt_peak_lr']:g})"
-            if analysis == "cpt" and len(g) < conf["min_runs"]:
-                entries.append({**key, "skipped": f"{len(g)} CPT run(s) < fits.cpt.min_runs = {conf['min_runs']}"})
-                continue
-            if analysis == "replay" and g["ratio"].nunique() < conf["min_ratios"]:
-                entries.append(
-                    {
-                        **key,
-                        "skipped": f"{g['ratio'].nunique()} ratio(s) < fits.replay.min_ratios = {conf['min_ratios']}",
-                    }
-                )
+            skipped = _skip_reason(analysis, conf, g)
+            if skipped:
+                entries.append({**key, "skipped": skipped})
                 continue
             members = _with_parents(runs, g)
             for split in ("general", key["domain"]):
-                entry = {**key, "split": split, "role": "general" if split == "general" else "domain", "law": law}
-                try:
-                    curves = _curves(tables, members, split)
-                    res = _fit(law, curves, fits, split=split)
-                except ValueError as exc:  # a failed group is reported, the others still fit
-                    entry["error"] = f"{label}, split {split}: {exc}"
-                    entries.append(entry)
-                    continue
-                q = _fit_quality(res, curves)
-                stem = _stem(analysis, key, split, with_lr)
-                doc = res.to_dict()
-                doc.update({**key, "split": split, "role": entry["role"], "analysis": analysis, "fit_quality": q})
-                io.write_json(out_dir / f"{stem}.json", doc)
-                entry.update({
-                    "file": f"{stem}.json", "params": res.params, "intervals": res.intervals, "fit_quality": q,
-                    "r2_ok": bool(q["r2"] >= r2_min), "diagnostics": res.diagnostics, "fit_runs": res.fit_runs,
-                })  # fmt: skip
+                ctx = _GroupFit(analysis, law, key, split, with_lr, r2_min, out_dir)
+                entry, rows, pr = _fit_group_split(ctx, tables, members, fits)
                 entries.append(entry)
-                for p, v in res.params.items():
-                    lo, hi = res.intervals.get(p, [math.nan, math.nan])
-                    param_rows.append(
-                        {
-                            **key,
-                            "split": split,
-                            "law": law,
-                            "param": p,
-                            "value": float(v),
-                            "lo": float(lo),
-                            "hi": float(hi),
-                        }
-                    )
-                pr = res.predict(curves, band=True)
-                pr = pr[np.isfinite(pr["pred"].to_numpy(dtype=float))]  # step 0 (no LR area yet) has no prediction
-                for k, v in key.items():
-                    pr[k] = v
-                preds.append(pr)
+                param_rows += rows
+                if pr is not None:
+                    preds.append(pr)
     if entries and all("error" in e for e in entries):
         raise InputError(f"every {analysis} fit failed; first: {entries[0]['error']}")
+    return _write_outputs(out_dir, analysis, law, fits, excluded, entries, param_rows, preds)
+
+
+def _skip_reason(analysis: str, conf: Mapping, g: pd.DataFrame) -> str | None:
+    """Why a group is too small for its analysis (None when it can be fitted)."""
+    if analysis == "cpt" and len(g) < conf["min_runs"]:
+        return f"{len(g)} CPT run(s) < fits.cpt.min_runs = {conf['min_runs']}"
+    if analysis == "replay" and g["ratio"].nunique() < conf["min_ratios"]:
+        return f"{g['ratio'].nunique()} ratio(s) < fits.replay.min_ratios = {conf['min_ratios']}"
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class _GroupFit:
+    """One fit of a study analysis: the group's keys, the validation set and where its JSON goes."""
+
+    analysis: str
+    law: str
+    key: dict
+    split: str
+    with_lr: bool
+    r2_min: float
+    out_dir: Path
+
+    @property
+    def role(self) -> str:
+        return "general" if self.split == "general" else "domain"
+
+
+def _fit_group_split(ctx: _GroupFit, tables, members: pd.DataFrame, fits: Mapping):
+    """Fit one group on one validation set; write its JSON. Returns (summary entry, parameter rows,
+    predictions or None); a failed fit gives an entry with the error and no rows."""
+    key, split = ctx.key, ctx.split
+    entry = {**key, "split": split, "role": ctx.role, "law": ctx.law}
+    try:
+        curves = _curves(tables, members, split)
+        res = _fit(ctx.law, curves, fits, split=split)
+    except ValueError as exc:  # a failed group is reported, the others still fit
+        label = f"{ctx.analysis} fit (model {key['model']}, domain {key['domain']}, CPT peak LR {key['cpt_peak_lr']:g})"
+        entry["error"] = f"{label}, split {split}: {exc}"
+        return entry, [], None
+    q = _fit_quality(res, curves)
+    stem = _stem(ctx.analysis, key, split, ctx.with_lr)
+    doc = res.to_dict()
+    doc.update({**key, "split": split, "role": ctx.role, "analysis": ctx.analysis, "fit_quality": q})
+    io.write_json(ctx.out_dir / f"{stem}.json", doc)
+    entry.update({
+        "file": f"{stem}.json", "params": res.params, "intervals": res.intervals, "fit_quality": q,
+        "r2_ok": bool(q["r2"] >= ctx.r2_min), "diagnostics": res.diagnostics, "fit_runs": res.fit_runs,
+    })  # fmt: skip
+    rows = []
+    for p, v in res.params.items():
+        lo, hi = res.intervals.get(p, [math.nan, math.nan])
+        rows.append(
+            {**key, "split": split, "law": ctx.law, "param": p, "value": float(v), "lo": float(lo), "hi": float(hi)}
+        )
+    pr = res.predict(curves, band=True)
+    pr = pr[np.isfinite(pr["pred"].to_numpy(dtype=float))]  # step 0 (no LR area yet) has no prediction
+    for k, v in key.items():
+        pr[k] = v
+    return entry, rows, pr
+
+
+def _write_outputs(out_dir: Path, analysis, law, fits, excluded, entries, param_rows, preds) -> dict:
+    """``summary/<analysis>.json``, ``<analysis>_params.parquet`` and ``<analysis>_predictions.parquet``."""
     doc = {"analysis": analysis, "law": law, "settings": fits, "excluded_runs": excluded, "fits": entries}
     io.write_json(out_dir / "summary" / f"{analysis}.json", doc)
     io.write_parquet(

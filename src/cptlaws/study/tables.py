@@ -66,74 +66,14 @@ def collect(
 ) -> dict[str, pd.DataFrame]:
     """Read every run's run.json / meta.json / config.json / curve.parquet / trainlog.parquet and write
     runs.parquet, curves.parquet and lrs.parquet (docs/design.md) to ``out_dir``."""
-    runs, rows_by_id = [], {}
-    for d in map(Path, run_dirs):
-        row = io.read_json(d / "run.json", RUN_OUTPUT)
-        meta = io.read_json(d / "meta.json", RUN_OUTPUT)
-        train = io.read_json(d / "config.json", RUN_OUTPUT)
-        rid = row.get("run_id")
-        if rid != d.name:
-            raise InputError(f"{d / 'run.json'}: run_id {rid!r} does not match the directory name {d.name!r}")
-        if rid in rows_by_id:
-            raise InputError(f"{d}: run {rid!r} listed twice")
-        rows_by_id[rid] = (d, row, meta, train)
-
+    rows_by_id = _read_run_files(run_dirs)
     histories: dict[str, np.ndarray] = {}
-
-    def history(rid: str) -> np.ndarray:
-        if rid in histories:
-            return histories[rid]
-        d, row, meta, train = rows_by_id[rid]
-        expected = _schedule_history(row, train)
-        if row["phase"] == "pt":
-            own = _logged_lrs(d, int(train["steps"]), 1)
-            full = own
-        else:
-            parent = row["parent"]
-            if parent not in rows_by_id:
-                raise InputError(f"{d}: parent PT run {parent!r} of run {rid!r} is not among the collected runs")
-            T = int(row["transfer_step"])
-            own = _logged_lrs(d, int(train["steps"]), T + 1)
-            full = np.concatenate([history(parent)[:T], own])
-        # The fits use these LRs: a run that did not train with the schedule it declares is an error.
-        bad = np.nonzero(~np.isclose(full, expected, rtol=LR_RTOL, atol=1e-12))[0]
-        if bad.size:
-            i = int(bad[0])
-            raise InputError(
-                f"{d / 'trainlog.parquet'}: run {rid!r}: logged LR {full[i]!r} at step {i + 1} differs from "
-                f"the schedule's {expected[i]!r} (step convention: lrs[i] is the LR of update i+1)"
-            )
-        histories[rid] = full
-        return full
-
-    curve_parts, lr_parts = [], []
+    runs, curve_parts, lr_parts = [], [], []
     for rid, (d, row, meta, _) in rows_by_id.items():
-        lrs = history(rid)
-        rec = {c: row.get(c) for c in RUN_COLUMNS}
-        for k in ("n_params", "n_nonembed", "wall_time_s", "tokens_per_s"):
-            v = meta.get(k)
-            rec[k] = float(v) if isinstance(v, (int, float)) else math.nan
-        rec["status"] = str(meta.get("status", "unknown"))
-        runs.append(rec)
-
-        cur = io.read_table(d / "curve.parquet", ["step", "tokens", "lr", "split", "loss"], RUN_OUTPUT)
-        cur = cur[cur["split"].astype(str) != "train"].copy()
-        if cur.empty:
-            raise InputError(f"{d / 'curve.parquet'}: run {rid!r} has no validation rows")
-        steps = cur["step"].to_numpy(dtype=np.int64)
-        if steps.max() > lrs.size or steps.min() < 0:
-            raise InputError(f"{d / 'curve.parquet'}: run {rid!r}: eval step {int(steps.max())} outside 0..{lrs.size}")
-        transfer = int(row["transfer_step"]) if row["phase"] == "cpt" else None
-        pt_spec = json.loads(row["schedule_json"])
-        areas = compute_areas(lrs, lam, transfer, int(pt_spec.get("warmup_steps", 0)), True).at(steps)
-        cur["run_id"] = rid
-        cur["phase"] = row["phase"]
-        cur["cpt_step"] = steps - transfer if transfer is not None else 0
-        for k in ("S1", "S2", "S1_pt", "S1_cpt", "S2_pt", "S2_cpt"):
-            cur[k] = getattr(areas, k)
-        curve_parts.append(cur[CURVE_COLUMNS])
+        lrs = _lr_history(rid, rows_by_id, histories)
+        runs.append(_run_record(row, meta))
+        curve_parts.append(_curve_part(d, rid, row, lrs, lam))
         lr_parts.append(pd.DataFrame({"run_id": rid, "step": np.arange(1, lrs.size + 1), "lr": lrs}))
-
     tables = {
         "runs": pd.DataFrame(runs, columns=RUN_COLUMNS),
         "curves": pd.concat(curve_parts, ignore_index=True)
@@ -145,6 +85,81 @@ def collect(
     for name, df in tables.items():
         io.write_parquet(out_dir / f"{name}.parquet", df)
     return tables
+
+
+def _read_run_files(run_dirs: Sequence[str | Path]) -> dict[str, tuple]:
+    """{run_id: (dir, run.json, meta.json, config.json)} in the order given; InputError on a run whose id
+    is not its directory's name or that is listed twice."""
+    rows_by_id = {}
+    for d in map(Path, run_dirs):
+        row = io.read_json(d / "run.json", RUN_OUTPUT)
+        meta = io.read_json(d / "meta.json", RUN_OUTPUT)
+        train = io.read_json(d / "config.json", RUN_OUTPUT)
+        rid = row.get("run_id")
+        if rid != d.name:
+            raise InputError(f"{d / 'run.json'}: run_id {rid!r} does not match the directory name {d.name!r}")
+        if rid in rows_by_id:
+            raise InputError(f"{d}: run {rid!r} listed twice")
+        rows_by_id[rid] = (d, row, meta, train)
+    return rows_by_id
+
+
+def _lr_history(rid: str, rows_by_id: Mapping, histories: dict) -> np.ndarray:
+    """A run's whole logged LR history (a CPT run: its parent's first T updates, then its own), checked
+    against the schedules it declares; cached in ``histories``."""
+    if rid in histories:
+        return histories[rid]
+    d, row, meta, train = rows_by_id[rid]
+    expected = _schedule_history(row, train)
+    if row["phase"] == "pt":
+        full = _logged_lrs(d, int(train["steps"]), 1)
+    else:
+        parent = row["parent"]
+        if parent not in rows_by_id:
+            raise InputError(f"{d}: parent PT run {parent!r} of run {rid!r} is not among the collected runs")
+        T = int(row["transfer_step"])
+        own = _logged_lrs(d, int(train["steps"]), T + 1)
+        full = np.concatenate([_lr_history(parent, rows_by_id, histories)[:T], own])
+    # The fits use these LRs: a run that did not train with the schedule it declares is an error.
+    bad = np.nonzero(~np.isclose(full, expected, rtol=LR_RTOL, atol=1e-12))[0]
+    if bad.size:
+        i = int(bad[0])
+        raise InputError(
+            f"{d / 'trainlog.parquet'}: run {rid!r}: logged LR {full[i]!r} at step {i + 1} differs from "
+            f"the schedule's {expected[i]!r} (step convention: lrs[i] is the LR of update i+1)"
+        )
+    histories[rid] = full
+    return full
+
+
+def _run_record(row: Mapping, meta: Mapping) -> dict:
+    """The run's runs.parquet row: its table row plus size, timing and status from meta.json."""
+    rec = {c: row.get(c) for c in RUN_COLUMNS}
+    for k in ("n_params", "n_nonembed", "wall_time_s", "tokens_per_s"):
+        v = meta.get(k)
+        rec[k] = float(v) if isinstance(v, (int, float)) else math.nan
+    rec["status"] = str(meta.get("status", "unknown"))
+    return rec
+
+
+def _curve_part(d: Path, rid: str, row: Mapping, lrs: np.ndarray, lam: float) -> pd.DataFrame:
+    """The run's validation rows of curve.parquet with the LR areas at each eval step (CURVE_COLUMNS)."""
+    cur = io.read_table(d / "curve.parquet", ["step", "tokens", "lr", "split", "loss"], RUN_OUTPUT)
+    cur = cur[cur["split"].astype(str) != "train"].copy()
+    if cur.empty:
+        raise InputError(f"{d / 'curve.parquet'}: run {rid!r} has no validation rows")
+    steps = cur["step"].to_numpy(dtype=np.int64)
+    if steps.max() > lrs.size or steps.min() < 0:
+        raise InputError(f"{d / 'curve.parquet'}: run {rid!r}: eval step {int(steps.max())} outside 0..{lrs.size}")
+    transfer = int(row["transfer_step"]) if row["phase"] == "cpt" else None
+    pt_spec = json.loads(row["schedule_json"])
+    areas = compute_areas(lrs, lam, transfer, int(pt_spec.get("warmup_steps", 0)), True).at(steps)
+    cur["run_id"] = rid
+    cur["phase"] = row["phase"]
+    cur["cpt_step"] = steps - transfer if transfer is not None else 0
+    for k in ("S1", "S2", "S1_pt", "S1_cpt", "S2_pt", "S2_cpt"):
+        cur[k] = getattr(areas, k)
+    return cur[CURVE_COLUMNS]
 
 
 def read_tables(tables_dir: str | Path) -> dict[str, pd.DataFrame]:
