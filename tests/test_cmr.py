@@ -439,6 +439,20 @@ def test_cmr_from_curves_bad_input(mutate, pattern):
         cmr.cmr_from_curves(df, domain_split="code", t_unit=T_UNIT, n_prefix=0, source="cv.parquet")
 
 
+def test_cmr_from_curves_takes_one_settings_object_or_keywords():
+    df = _curves_table()
+    kw = dict(domain_split="code", t_unit=T_UNIT, eps=0.2, lam=math.inf, n_prefix=0, interp="params")
+    by_keywords = cmr.cmr_from_curves(df, **kw)
+    assert cmr.cmr_from_curves(df, cmr.CMRSettings(**kw)) == by_keywords
+    assert by_keywords["settings"]["interp"] == "params"
+    with pytest.raises(TypeError, match="not both"):
+        cmr.cmr_from_curves(df, cmr.CMRSettings(**kw), eps=0.1)
+    with pytest.raises(TypeError, match="domain_split"):
+        cmr.cmr_from_curves(df, t_unit=T_UNIT)
+    with pytest.raises(TypeError, match="n_prefixes"):
+        cmr.cmr_from_curves(df, domain_split="code", n_prefixes=3)
+
+
 # ---------------------------------------------------------------------------------------------------
 # CLI
 # ---------------------------------------------------------------------------------------------------

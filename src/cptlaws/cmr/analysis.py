@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cptlaws.cmr.laws import fit_cmr_scaling_law, fit_increment_domain, fit_increment_general, fit_loss_vs_ratio
-from cptlaws.cmr.ratio import CMRResult, critical_mixture_ratio_from_fits
+from cptlaws.cmr.laws import fit_cmr_scaling_law, fit_loss_vs_ratio
+from cptlaws.cmr.ratio import CMRResult, critical_mixture_ratio_from_fits, fit_increments
 from cptlaws.errors import FitError, InputError
 from cptlaws.fitting.powerlaw import PowerFit, jsonable
 
@@ -215,6 +215,14 @@ class _Runs:
                 dLs.append(L[m] - l0)
         return np.concatenate(Ts), np.concatenate(dLs)
 
+    def increments(self, rv: float, t_cap: float):
+        """(T, dL) of the domain and the general split at ratio ``rv``, T <= t_cap, with the fits' labels."""
+        s = self.s
+        dom_label = f"{s.source}: dL_dom(T) fit, ratio {rv:g}, split {s.domain_split!r}, T <= {t_cap:g}"
+        gen_label = f"{s.source}: dL_gen(T) fit, ratio {rv:g}, split {s.general_split!r}, T <= {t_cap:g}"
+        dom, gen = self.pooled(rv, s.domain_split, t_cap), self.pooled(rv, s.general_split, t_cap)
+        return dom, gen, (dom_label, gen_label)
+
     def losses_at(self, t_cap: float) -> list[dict]:
         """Per ratio: the loss at the last eval with T <= t_cap, averaged over the ratio's runs."""
         recs = []
@@ -265,15 +273,8 @@ def _t_max(runs: _Runs, s: CMRSettings) -> float:
 # ----------------------------------------------------------------------------------- the analysis
 def _analyse_budget(runs: _Runs, s: CMRSettings, t_cap: float) -> tuple[list, list, CMRResult]:
     """Per-ratio increment fits on T <= t_cap and the CMR from them."""
-    dom_fits, gen_fits, t_los = [], [], []
-    for rv in runs.ratio_values:
-        Td, yd = runs.pooled(rv, s.domain_split, t_cap)
-        Tg, yg = runs.pooled(rv, s.general_split, t_cap)
-        dom_label = f"{s.source}: dL_dom(T) fit, ratio {rv:g}, split {s.domain_split!r}, T <= {t_cap:g}"
-        gen_label = f"{s.source}: dL_gen(T) fit, ratio {rv:g}, split {s.general_split!r}, T <= {t_cap:g}"
-        dom_fits.append(fit_increment_domain(Td, yd, loss=s.loss, f_scale=s.f_scale, label=dom_label))
-        gen_fits.append(fit_increment_general(Tg, yg, loss=s.loss, f_scale=s.f_scale, label=gen_label))
-        t_los.append(float(min(Td.min(), Tg.min())))
+    per_ratio = (runs.increments(rv, t_cap) for rv in runs.ratio_values)
+    dom_fits, gen_fits, T_lo = fit_increments(per_ratio, loss=s.loss, f_scale=s.f_scale)
     gvr = None
     if s.tolerance_from == "loss_vs_ratio":  # the paper's route: A from the L(R) fit of the general loss
         recs = runs.losses_at(t_cap)
@@ -290,7 +291,7 @@ def _analyse_budget(runs: _Runs, s: CMRSettings, t_cap: float) -> tuple[list, li
         dom_fits,
         gen_fits,
         T_max=t_cap,
-        T_lo=max(t_los),
+        T_lo=T_lo,
         eps=s.eps,
         lam=s.lam,
         interp=s.interp,

@@ -31,7 +31,7 @@ from cptlaws.cmr.laws import (
 from cptlaws.errors import FitError
 from cptlaws.fitting.powerlaw import PowerFit, jsonable
 
-__all__ = ["CMRResult", "critical_mixture_ratio", "critical_mixture_ratio_from_fits"]
+__all__ = ["CMRResult", "critical_mixture_ratio", "critical_mixture_ratio_from_fits", "fit_increments"]
 
 
 @dataclass
@@ -385,6 +385,25 @@ def _first_nonpositive(Tg: np.ndarray, vals: np.ndarray) -> tuple[float | None, 
     return float(np.exp(np.log(Tg[j - 1]) + w * (np.log(Tg[j]) - np.log(Tg[j - 1])))), vmin
 
 
+def fit_increments(per_ratio, *, loss: str = "linear", f_scale: float = 1.0) -> tuple[list, list, float]:
+    """The per-ratio increment laws. ``per_ratio``: one ((T, dL_dom), (T, dL_gen), (dom label, gen label))
+    per ratio. Returns (dL_dom fits, dL_gen fits, T_lo), T_lo the largest first T (every fit has data there)."""
+    dom_fits, gen_fits, t_los = [], [], []
+    for (Td, yd), (Tg, yg), (dom_label, gen_label) in per_ratio:
+        dom_fits.append(fit_increment_domain(Td, yd, loss=loss, f_scale=f_scale, label=dom_label))
+        gen_fits.append(fit_increment_general(Tg, yg, loss=loss, f_scale=f_scale, label=gen_label))
+        t_los.append(float(min(Td.min(), Tg.min())))
+    return dom_fits, gen_fits, max(t_los)
+
+
+def _fit_points(r: float, t: np.ndarray, dom: np.ndarray, gen: np.ndarray, T_max: float):
+    """One ratio's finite (T, dL) points with 0 < T <= T_max, per split, and the fits' labels."""
+    keep_d = np.isfinite(t) & np.isfinite(dom) & (t > 0) & (t <= T_max * (1 + 1e-9))
+    keep_g = np.isfinite(t) & np.isfinite(gen) & (t > 0) & (t <= T_max * (1 + 1e-9))
+    labels = (f"dL_dom(T) fit for ratio {r:g}", f"dL_gen(T) fit for ratio {r:g}")
+    return (t[keep_d], dom[keep_d]), (t[keep_g], gen[keep_g]), labels
+
+
 def critical_mixture_ratio(
     ratios,
     T,
@@ -429,28 +448,14 @@ def critical_mixture_ratio(
     T_max = float(T_max)
     if not (T_max > 0 and math.isfinite(T_max)):
         raise FitError(f"CMR: T_max must be a finite positive token count, got {T_max}")
-    dom_fits, gen_fits, t_los = [], [], []
-    for i in range(n_r):
-        t = Ts[i]
-        keep_d = np.isfinite(t) & np.isfinite(ds[i]) & (t > 0) & (t <= T_max * (1 + 1e-9))
-        keep_g = np.isfinite(t) & np.isfinite(gs[i]) & (t > 0) & (t <= T_max * (1 + 1e-9))
-        dom_fits.append(
-            fit_increment_domain(
-                t[keep_d], ds[i][keep_d], loss=loss, f_scale=f_scale, label=f"dL_dom(T) fit for ratio {R[i]:g}"
-            )
-        )
-        gen_fits.append(
-            fit_increment_general(
-                t[keep_g], gs[i][keep_g], loss=loss, f_scale=f_scale, label=f"dL_gen(T) fit for ratio {R[i]:g}"
-            )
-        )
-        t_los.append(float(min(t[keep_d].min(), t[keep_g].min())))
+    per_ratio = (_fit_points(R[i], Ts[i], ds[i], gs[i], T_max) for i in range(n_r))
+    dom_fits, gen_fits, T_lo = fit_increments(per_ratio, loss=loss, f_scale=f_scale)
     return critical_mixture_ratio_from_fits(
         R,
         dom_fits,
         gen_fits,
         T_max=T_max,
-        T_lo=max(t_los),
+        T_lo=T_lo,
         eps=eps,
         lam=lam,
         gen_vs_ratio=gen_vs_ratio,

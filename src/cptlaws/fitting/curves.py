@@ -213,6 +213,94 @@ def entry_history(entry: Mapping[str, Any], where: str) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------- load
+def _steps_and_losses(df: pd.DataFrame, rc: str, path) -> tuple[np.ndarray, np.ndarray]:
+    """The step and loss columns as floats: steps present and whole, losses finite and > 0."""
+    step = _check_numeric(df, "step", path)
+    loss = _check_numeric(df, "loss", path)
+    bad = np.nonzero(np.isnan(step))[0]
+    if bad.size:
+        raise InputError(f"{path}: row {int(bad[0]) + 1}: step is missing")
+    bad = np.nonzero(step != np.round(step))[0]
+    if bad.size:  # a step counts optimizer updates: 150.5 is a malformed file, not step 150
+        i = int(bad[0])
+        raise InputError(
+            f"{path}: row {i + 1} (run '{df[rc].iloc[i]}'): step must be a whole number of updates, got {step[i]:g}"
+        )
+    bad = np.nonzero(~np.isfinite(loss) | (loss <= 0))[0]
+    if bad.size:
+        i = int(bad[0])
+        raise InputError(
+            f"{path}: row {i + 1} (run '{df[rc].iloc[i]}', step {step[i]:g}): loss must be finite and > 0, got {loss[i]:g}"
+        )
+    return step, loss
+
+
+def _selected_rows(df: pd.DataFrame, rc: str, path, split: str | None, runs) -> tuple[np.ndarray, np.ndarray]:
+    """(mask of the rows kept by ``split`` and ``runs``, run name of every row)."""
+    keep = np.ones(len(df), bool)
+    if "split" in df.columns and split is not None:
+        keep = (df["split"].astype(str) == split).to_numpy()
+        if not keep.any():
+            raise InputError(
+                f"{path}: no rows with split '{split}' (splits: {sorted(df['split'].astype(str).unique())})"
+            )
+    names = df[rc].astype(str).to_numpy()
+    if runs is not None:
+        missing = sorted(set(runs) - set(names[keep]))
+        if missing:
+            raise InputError(f"{path}: run(s) {missing} not found (runs: {sorted(set(names))})")
+        keep &= np.isin(names, list(runs))
+    return keep, names
+
+
+def _dense_histories(df: pd.DataFrame, path, run_col: str) -> dict[str, dict]:
+    """Run -> history (``entry_history``'s keys) from a dense per-step LR table; warm-up inferred."""
+    return {
+        run: {"lrs": v, "transfer": None, "warmup_steps": infer_warmup(v), "ratio": None, "n_params": None}
+        for run, v in dense_lrs(df, path, run_col).items()
+    }
+
+
+def _histories(df: pd.DataFrame, path, rc: str, lr_path, schedules_yaml, wanted: set[str]) -> dict[str, dict]:
+    """Run -> LR history and curve attributes, from the LR table, the schedules YAML (runs in ``wanted``)
+    or the curves file's own dense ``lr`` column, in that order of preference."""
+    if lr_path is not None:
+        ldf = read_table(lr_path)
+        return _dense_histories(ldf, lr_path, _run_col(ldf, lr_path))
+    if schedules_yaml is not None:
+        return {
+            run: entry_history(entry, f"{schedules_yaml}: run '{run}'")
+            for run, entry in load_schedules(schedules_yaml).items()
+            if run in wanted
+        }
+    if "lr" in df.columns:
+        try:
+            return _dense_histories(df, path, rc)
+        except InputError as exc:
+            raise InputError(
+                f"{exc}; the 'lr' column of a curves file is only used when it is dense, otherwise give an LR table or a schedules YAML"
+            ) from exc
+    raise InputError(f"{path}: no LR source: give a dense per-step LR table or a schedules YAML")
+
+
+def _run_steps(path, run: str, rows: np.ndarray, step: np.ndarray, n_updates: int) -> np.ndarray:
+    """The eval steps of one curve: strictly increasing and within the LR history."""
+    s = step[rows]
+    d = np.nonzero(np.diff(s) <= 0)[0]
+    if d.size:
+        r = int(rows[d[0] + 1]) + 1
+        raise InputError(
+            f"{path}: run '{run}' row {r}: steps not strictly increasing ({s[d[0]]:g} then {s[d[0] + 1]:g})"
+        )
+    beyond = np.nonzero(s > n_updates)[0]
+    if beyond.size:
+        r = int(rows[beyond[0]]) + 1
+        raise InputError(
+            f"{path}: run '{run}' row {r}: eval step {s[beyond[0]]:g} is beyond the LR history ({n_updates} updates)"
+        )
+    return s
+
+
 def load_curves(
     path: str | Path,
     lr_path: str | Path | None = None,
@@ -234,109 +322,31 @@ def load_curves(
     rc = _run_col(df, path)
     _need(df, ["step", "loss"], path)
     df = df.reset_index(drop=True)
-    step = _check_numeric(df, "step", path)
-    loss = _check_numeric(df, "loss", path)
-    bad = np.nonzero(np.isnan(step))[0]
-    if bad.size:
-        raise InputError(f"{path}: row {int(bad[0]) + 1}: step is missing")
-    bad = np.nonzero(step != np.round(step))[0]
-    if bad.size:  # a step counts optimizer updates: 150.5 is a malformed file, not step 150
-        i = int(bad[0])
-        raise InputError(
-            f"{path}: row {i + 1} (run '{df[rc].iloc[i]}'): step must be a whole number of updates, got {step[i]:g}"
-        )
-    bad = np.nonzero(~np.isfinite(loss) | (loss <= 0))[0]
-    if bad.size:
-        i = int(bad[0])
-        raise InputError(
-            f"{path}: row {i + 1} (run '{df[rc].iloc[i]}', step {step[i]:g}): loss must be finite and > 0, got {loss[i]:g}"
-        )
-    if "split" in df.columns:
-        if split is not None:
-            keep = (df["split"].astype(str) == split).to_numpy()
-            if not keep.any():
-                raise InputError(
-                    f"{path}: no rows with split '{split}' (splits: {sorted(df['split'].astype(str).unique())})"
-                )
-        else:
-            keep = np.ones(len(df), bool)
-    else:
-        keep = np.ones(len(df), bool)
-    names = df[rc].astype(str).to_numpy()
-    if runs is not None:
-        missing = sorted(set(runs) - set(names[keep]))
-        if missing:
-            raise InputError(f"{path}: run(s) {missing} not found (runs: {sorted(set(names))})")
-        keep &= np.isin(names, list(runs))
-
-    histories: dict[str, dict] = {}
-    if lr_path is not None:
-        ldf = read_table(lr_path)
-        for run, v in dense_lrs(ldf, lr_path, _run_col(ldf, lr_path)).items():
-            histories[run] = {
-                "lrs": v,
-                "transfer": None,
-                "warmup_steps": infer_warmup(v),
-                "ratio": None,
-                "n_params": None,
-            }
-    elif schedules_yaml is not None:
-        for run, entry in load_schedules(schedules_yaml).items():
-            if run in set(names[keep]):
-                histories[run] = entry_history(entry, f"{schedules_yaml}: run '{run}'")
-    elif "lr" in df.columns:
-        try:
-            for run, v in dense_lrs(df, path, rc).items():
-                histories[run] = {
-                    "lrs": v,
-                    "transfer": None,
-                    "warmup_steps": infer_warmup(v),
-                    "ratio": None,
-                    "n_params": None,
-                }
-        except InputError as exc:
-            raise InputError(
-                f"{exc}; the 'lr' column of a curves file is only used when it is dense, otherwise give an LR table or a schedules YAML"
-            ) from exc
-    else:
-        raise InputError(f"{path}: no LR source: give a dense per-step LR table or a schedules YAML")
-
+    step, loss = _steps_and_losses(df, rc, path)
+    keep, names = _selected_rows(df, rc, path, split, runs)
+    histories = _histories(df, path, rc, lr_path, schedules_yaml, set(names[keep]))
     curves = []
     sub = df[keep]
     groups = [sub[rc].astype(str)] + ([sub["split"].astype(str)] if "split" in sub.columns else [])
     for key, idx in sub.groupby(groups, sort=False).indices.items():
         key = key if isinstance(key, tuple) else (key,)
         run = str(key[0])
-        sp = str(key[1]) if len(key) > 1 else (split or "general")
         rows = sub.index.to_numpy()[idx]
         if run not in histories:
             src = lr_path or schedules_yaml or path
             raise InputError(f"{path}: row {int(rows[0]) + 1}: run '{run}' has no schedule / LR history in {src}")
         h = histories[run]
-        s = step[rows]
-        d = np.nonzero(np.diff(s) <= 0)[0]
-        if d.size:
-            r = int(rows[d[0] + 1]) + 1
-            raise InputError(
-                f"{path}: run '{run}' row {r}: steps not strictly increasing ({s[d[0]]:g} then {s[d[0] + 1]:g})"
-            )
-        beyond = np.nonzero(s > h["lrs"].size)[0]
-        if beyond.size:
-            r = int(rows[beyond[0]]) + 1
-            raise InputError(
-                f"{path}: run '{run}' row {r}: eval step {s[beyond[0]]:g} is beyond the LR history ({h['lrs'].size} updates)"
-            )
         curves.append(
             Curve(
                 run_id=run,
                 lrs=h["lrs"],
-                steps=s.astype(np.int64),
+                steps=_run_steps(path, run, rows, step, h["lrs"].size).astype(np.int64),
                 loss=loss[rows],
                 transfer=h["transfer"],
                 ratio=(ratios or {}).get(run, h["ratio"]),
                 n_params=(n_params or {}).get(run, h["n_params"]),
                 warmup_steps=h["warmup_steps"] if warmup_steps is None else warmup_steps,
-                split=sp,
+                split=str(key[1]) if len(key) > 1 else (split or "general"),
                 source=str(path),
             )
         )
