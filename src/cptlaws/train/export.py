@@ -4,8 +4,9 @@ Our models are ``transformers.LlamaForCausalLM`` (train/model.py), so the export
 dict loaded into a ``LlamaForCausalLM`` built from the run's own config, written with ``save_pretrained``;
 ``AutoModelForCausalLM.from_pretrained(DIR)`` then gives the same logits. The run's tokenizer (a
 ``tokenizer.json`` from data/tokenizer.py: the run config's ``tokenizer``, else the one the token data's
-``meta.json`` names, else ``tokenizer=``) is saved as a ``PreTrainedTokenizerFast`` (``<eos>`` / ``<pad>``
-as its eos / pad tokens). ``cptlaws_export.json`` records which run, step and checkpoint the weights are.
+``meta.json`` names, else ``tokenizer=``; for a run of a pretrained model, ``model.pretrained``'s own tokenizer) is saved as a
+``PreTrainedTokenizerFast`` (``<eos>`` / ``<pad>`` as its eos / pad tokens). A run of a pretrained model is
+exported with that model's own config and class (``AutoModelForCausalLM.from_config``). ``cptlaws_export.json`` records which run, step and checkpoint the weights are.
 
 Which weights: a finished run (``meta.json`` status ok) exports the weights of its final step: from
 ``ckpt/final/state.pt`` where that exists, else the checkpoint at the final step (kept when the final step
@@ -98,6 +99,19 @@ def hf_tokenizer(path: str | os.PathLike, model_max_length: int | None = None):
     )
 
 
+def _pretrained_tokenizer(pre):
+    """The tokenizer shipped with a pretrained model (None when it has none or cannot be loaded here)."""
+    from transformers import AutoTokenizer
+
+    from cptlaws.train.model import _from_pretrained_kwargs
+
+    src, kw = _from_pretrained_kwargs(pre)
+    try:
+        return AutoTokenizer.from_pretrained(src, **kw)
+    except (OSError, ValueError):
+        return None
+
+
 def export_run(
     run_dir: str | os.PathLike,
     out: str | os.PathLike,
@@ -111,7 +125,7 @@ def export_run(
     from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
     from cptlaws.train import checkpoints as C
-    from cptlaws.train.model import llama_config
+    from cptlaws.train.model import _pretrained_name, llama_config, pretrained_config
 
     run_dir, out = Path(run_dir), Path(out)
     if not run_dir.is_dir():
@@ -125,16 +139,27 @@ def export_run(
     tok_path = _tokenizer_path(cfg, tokenizer)
     if tok_path is None and require_tokenizer:
         raise InputError(f"run {run_dir}: no tokenizer known (no 'tokenizer' in its config or its token data's meta)")
+    pre = cfg["model"].get("pretrained")
     tok = hf_tokenizer(tok_path, cfg["seq_len"]) if tok_path is not None else None
-    if tok is not None and len(tok) > vocab:
+    if tok is None and pre is not None:  # a run of a pretrained model: the model's own tokenizer
+        tok = _pretrained_tokenizer(pre)
+        tok_path = _pretrained_name(pre) if tok is not None else None
+    if tok is not None and len(tok) > vocab and pre is None:
         raise InputError(f"tokenizer {tok_path}: {len(tok)} tokens, more than the model's vocab_size {vocab}")
 
     state = C.load_checkpoint(src["dir"])["model"]
-    hf_cfg = llama_config(cfg["model"], vocab, cfg["seq_len"], "sdpa")
+    if pre is not None:
+        hf_cfg = pretrained_config(pre)
+        vocab = int(getattr(hf_cfg, "vocab_size", vocab))
+    else:
+        hf_cfg = llama_config(cfg["model"], vocab, cfg["seq_len"], "sdpa")
     hf_cfg.use_cache = True  # an inference default; it does not change the logits
-    if tok is not None:
-        hf_cfg.eos_token_id, hf_cfg.pad_token_id = tok.eos_token_id, tok.pad_token_id
-    model = LlamaForCausalLM(hf_cfg)
+    if tok is not None and tok.eos_token_id is not None:
+        hf_cfg.eos_token_id = tok.eos_token_id
+        hf_cfg.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    model = (
+        AutoModelForCausalLM.from_config(hf_cfg, dtype=torch.float32) if pre is not None else LlamaForCausalLM(hf_cfg)
+    )
     model.load_state_dict(state, strict=True)
     model.eval()
     g = torch.Generator().manual_seed(0)
