@@ -68,8 +68,14 @@ def cmd_fit(args) -> int:
     if args.split_role:
         opts["split_role"] = args.split_role
     lam = args.lam if args.lam == "fit" else float(args.lam)
+    law = args.law
+    if law == "auto":
+        from cptlaws.laws import choose_law
+
+        law, why = choose_law(fit_c)
+        print(f"--law auto: {law} ({why})")
     fit = fit_law(
-        args.law,
+        law,
         fit_c,
         n_starts=args.starts,
         lam=lam,
@@ -80,6 +86,10 @@ def cmd_fit(args) -> int:
         drop_first_frac=args.drop_first_frac,
         law_options=opts,
     )
+    if law in ("cpt_open", "replay_open"):  # refuse a fit whose S1_pt the curves do not determine
+        from cptlaws.laws.open import check_identified
+
+        fit.diagnostics["identifiability"] = check_identified(fit, fit_c)
     if pred_c:
         fit.heldout = evaluate(fit, pred_c, fit.options["huber_delta"], fit.options["drop_warmup"])
     write_json(args.out, fit.to_dict())
@@ -166,7 +176,13 @@ def register(sub) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--lr", help="dense per-step LR table: run, step (1..T), lr")
     src.add_argument("--schedules", help="YAML of per-run schedule specs (docs/fitting.md)")
-    p.add_argument("--law", required=True, choices=sorted(LAWS))
+    p.add_argument(
+        "--law",
+        default="auto",
+        choices=sorted(LAWS) + ["auto"],
+        help="law to fit; auto (default): cpt / replay for runs with a PT history (transfer step), the open-model "
+        "cpt_open / replay_open for runs without one (docs/open-models.md)",
+    )
     p.add_argument("--law-option", action="append", metavar="KEY=VALUE", help="law constructor option (repeatable)")
     p.add_argument("--split-role", choices=("general", "domain"), help="replay laws: which form of Eq. 8 applies")
     p.add_argument("--fit-runs", nargs="+", help="runs to fit (default: all not predicted); comma or space separated")

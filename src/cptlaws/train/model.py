@@ -1,4 +1,5 @@
-"""LLaMA-style models from named presets (``transformers.LlamaForCausalLM``).
+"""LLaMA-style models from named presets (``transformers.LlamaForCausalLM``), or a pretrained Hugging Face
+causal LM (``model.pretrained``: a local directory or a hub id, ``AutoModelForCausalLM.from_pretrained``).
 
 Preset sizes are NON-embedding parameter counts (attention + MLP + norms), the quantity the scaling
 laws use. The small presets make CPU studies possible; ``106M`` / ``594M`` / ``1.7B`` match the paper's
@@ -8,7 +9,9 @@ our LLaMA-proportioned choices (head dim 64-128, MLP ~3.5x hidden) that hit the 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from cptlaws.errors import ConfigError
@@ -40,7 +43,39 @@ NOMINAL = {
 
 SHAPE_KEYS = ("hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads")
 EXTRA_KEYS = ("rope_theta", "tie_word_embeddings", "rms_norm_eps", "initializer_range")
-MODEL_KEYS = ("preset", "vocab_size") + SHAPE_KEYS + EXTRA_KEYS
+MODEL_KEYS = ("preset", "vocab_size") + SHAPE_KEYS + EXTRA_KEYS + ("pretrained",)
+PRETRAINED_KEYS = ("path", "hub_id", "gguf_file", "revision")
+
+
+def _resolve_pretrained(spec: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """``{pretrained: {path | hub_id, gguf_file?, revision?}}`` (+ vocab_size): checked, no file access."""
+    others = sorted(set(spec) - {"pretrained", "vocab_size"})
+    if others:
+        raise ConfigError(
+            f"key '{where}.{others[0]}': a pretrained model takes its shape from its own config; give only "
+            f"'{where}.pretrained' (and optionally vocab_size)"
+        )
+    pre = spec["pretrained"]
+    w = f"{where}.pretrained"
+    if not isinstance(pre, Mapping):
+        raise ConfigError(f"key '{w}' = {pre!r}: must be a mapping {{path: DIR}} or {{hub_id: ID}}")
+    unknown = sorted(set(pre) - set(PRETRAINED_KEYS))
+    if unknown:
+        raise ConfigError(f"key '{w}.{unknown[0]}': unknown key (known: {', '.join(PRETRAINED_KEYS)})")
+    if ("path" in pre) == ("hub_id" in pre):
+        raise ConfigError(f"key '{w}': give exactly one of path (a local model directory) and hub_id")
+    for k, v in pre.items():
+        if not isinstance(v, str) or not v:
+            raise ConfigError(f"key '{w}.{k}' = {v!r}: must be a non-empty string")
+    if "revision" in pre and "path" in pre:
+        raise ConfigError(f"key '{w}.revision': only for a hub_id (a local directory has no revisions)")
+    out: dict[str, Any] = {"pretrained": dict(pre)}
+    if "vocab_size" in spec:
+        v = spec["vocab_size"]
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 1:
+            raise ConfigError(f"key '{where}.vocab_size' = {v!r}: must be an integer > 1")
+        out["vocab_size"] = v
+    return out
 
 
 def resolve_model_spec(spec: Mapping[str, Any], where: str = "model") -> dict[str, Any]:
@@ -50,6 +85,8 @@ def resolve_model_spec(spec: Mapping[str, Any], where: str = "model") -> dict[st
     unknown = sorted(set(spec) - set(MODEL_KEYS))
     if unknown:
         raise ConfigError(f"key '{where}.{unknown[0]}': unknown key (known: {', '.join(MODEL_KEYS)})")
+    if "pretrained" in spec:
+        return _resolve_pretrained(spec, where)
     out: dict[str, Any] = {}
     if "preset" in spec:
         name = spec["preset"]
@@ -96,12 +133,14 @@ def resolve_model_spec(spec: Mapping[str, Any], where: str = "model") -> dict[st
 def llama_config(
     spec: Mapping[str, Any], vocab_size: int | None = None, seq_len: int = 2048, attn_implementation: str = "sdpa"
 ):
-    """A ``transformers.LlamaConfig`` for a model spec (preset name or mapping)."""
+    """A ``transformers.LlamaConfig`` for a model spec (preset name or mapping; not a pretrained one)."""
     from transformers import LlamaConfig
 
     if isinstance(spec, str):
         spec = {"preset": spec}
     s = resolve_model_spec(spec)
+    if "pretrained" in s:
+        raise ConfigError("key 'model.pretrained': a pretrained model has its own config (pretrained_config)")
     vocab = s.get("vocab_size", vocab_size)
     if vocab is None:
         raise ConfigError(
@@ -168,12 +207,23 @@ def build_model(
     device: str | None = None,
     attn_implementation: str = "sdpa",
 ):
-    """A freshly initialised ``LlamaForCausalLM``; ``seed`` makes the init reproducible."""
+    """A freshly initialised ``LlamaForCausalLM`` (``seed`` makes the init reproducible), or for a spec with
+    ``pretrained`` the loaded model (``load_pretrained``; ``vocab_size``, the data's, must fit its vocabulary)."""
     import torch
     from transformers import LlamaForCausalLM
 
     if attn_implementation == SDPA_FP32:
         _register_sdpa_fp32()
+    if isinstance(spec, Mapping) and "pretrained" in spec:
+        model = load_pretrained(spec["pretrained"], attn_implementation=attn_implementation, device=device)
+        n = int(model.get_input_embeddings().weight.shape[0])
+        want = spec.get("vocab_size", vocab_size)
+        if want is not None and int(want) > n:
+            raise ConfigError(
+                f"key 'model.pretrained': {_pretrained_name(spec['pretrained'])} has {n} token embeddings, fewer "
+                f"than the vocab_size {want} of the data (tokenize the corpora with the model's own tokenizer)"
+            )
+        return model
     cfg = llama_config(spec, vocab_size, seq_len, attn_implementation)
     if seed is not None:
         torch.manual_seed(seed)
@@ -182,6 +232,77 @@ def build_model(
             return LlamaForCausalLM(cfg)
     model = LlamaForCausalLM(cfg)
     if device is not None:
+        model = model.to(device)
+    return model
+
+
+def _pretrained_name(pre: Mapping[str, Any]) -> str:
+    name = f"hub model '{pre['hub_id']}'" if "hub_id" in pre else f"model directory {pre['path']}"
+    if pre.get("revision"):
+        name += f" (revision {pre['revision']})"
+    return name + (f" (gguf_file {pre['gguf_file']})" if pre.get("gguf_file") else "")
+
+
+def _hub_offline() -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    try:
+        from huggingface_hub import constants
+
+        return bool(constants.HF_HUB_OFFLINE)
+    except ImportError:  # pragma: no cover - transformers depends on huggingface_hub
+        return False
+
+
+def _from_pretrained_kwargs(pre: Mapping[str, Any]) -> tuple[str, dict]:
+    kw = {k: pre[k] for k in ("gguf_file", "revision") if pre.get(k)}
+    return (pre["path"] if "path" in pre else pre["hub_id"]), kw
+
+
+def _load_error(pre: Mapping[str, Any], exc: Exception, what: str) -> ConfigError:
+    name = _pretrained_name(pre)
+    if "hub_id" in pre and _hub_offline():
+        return ConfigError(
+            f"key 'model.pretrained.hub_id': cannot load {what} of {name}: it is not in the local Hugging Face cache "
+            f"and HF_HUB_OFFLINE is set (no network); download it where there is network (e.g. `hf download "
+            f"{pre['hub_id']}`), point model.pretrained.path at a local copy, or unset HF_HUB_OFFLINE"
+        )
+    return ConfigError(f"key 'model.pretrained': cannot load {what} of {name}: {type(exc).__name__}: {exc}")
+
+
+def pretrained_config(pre: Mapping[str, Any]):
+    """The ``transformers`` config of a pretrained model (``model.pretrained``), without its weights."""
+    from transformers import AutoConfig
+
+    src, kw = _from_pretrained_kwargs(pre)
+    if "path" in pre and not Path(src).is_dir():
+        raise ConfigError(f"key 'model.pretrained.path' = {src!r}: no such model directory")
+    try:
+        return AutoConfig.from_pretrained(src, **kw)
+    except (OSError, ValueError) as exc:
+        raise _load_error(pre, exc, "the config") from None
+
+
+def load_pretrained(pre: Mapping[str, Any], *, attn_implementation: str = "sdpa", device: str | None = None):
+    """``AutoModelForCausalLM.from_pretrained`` of ``model.pretrained`` in float32 (full precision: the
+    training loop's autocast gives bf16 on GPU). Raises ConfigError naming the model: a missing directory, a
+    hub id unreachable offline (naming HF_HUB_OFFLINE), a file that is not a causal LM."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if attn_implementation == SDPA_FP32:
+        _register_sdpa_fp32()
+    src, kw = _from_pretrained_kwargs(pre)
+    if "path" in pre and not Path(src).is_dir():
+        raise ConfigError(f"key 'model.pretrained.path' = {src!r}: no such model directory")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            src, dtype=torch.float32, attn_implementation=attn_implementation, **kw
+        )
+    except (OSError, ValueError) as exc:
+        raise _load_error(pre, exc, "the weights") from None
+    model.config.use_cache = False
+    if device is not None and device != "meta":
         model = model.to(device)
     return model
 
