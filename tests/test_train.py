@@ -405,6 +405,57 @@ def test_divergence_stops_cleanly_and_keeps_the_curve(tok, tmp_path):
     assert np.isfinite(curve["loss"]).all()
 
 
+def _blow_up(tok, out, **kw):
+    """A PT run at peak LR 10 with the default grad_clip 1.0: its loss climbs to ~260 nats (ln 64 = 4.16 at
+    init) and stays finite: on main it finished with status 'ok' (issue 15 item 1)."""
+    base = dict(steps=30, eval_every=5, checkpoint={}, schedule={"kind": "constant", "peak_lr": 10.0})
+    return pt_cfg(tok, out, **{**base, **kw})
+
+
+def test_a_finite_loss_blow_up_stops_the_run_as_diverged(tok, tmp_path):
+    out = tmp_path / "blow"
+    with pytest.raises(TrainingDiverged, match=r"diverged at step 10 \(validation loss on '\w+' .* at step 5, "
+                       r".* at step 10: above 6\.1\d* = max\(its start .*above_uniform 2") as ei:  # fmt: skip
+        train(_blow_up(tok, out))
+    assert ei.value.step == 10
+    curve, tlog, meta = read(out)
+    assert meta["status"] == "diverged" and meta["diverged_at_step"] == 10
+    ev = meta["divergence"]
+    assert ev["rule"] == "above_uniform" and ev["steps"] == [5, 10] and ev["series"] in ("general", "code")
+    assert min(ev["losses"]) > ev["limit"] == pytest.approx(max(ev["start"], np.log(VOCAB)) + 2.0)
+    assert np.isfinite(curve["loss"]).all() and curve["step"].max() == 10 and len(tlog) == 10
+
+
+def test_the_divergence_rule_spares_normal_runs_and_can_be_off(tok, tmp_path):
+    assert train(pt_cfg(tok, tmp_path / "normal", checkpoint={}))["status"] == "ok"
+    meta = train(_blow_up(tok, tmp_path / "off", divergence={"enabled": False}))
+    assert meta["status"] == "ok" and max(read(tmp_path / "off")[0]["loss"]) > 100  # what main reported as good
+
+
+def test_a_resumed_run_diverges_where_an_uninterrupted_one_does(tok, tmp_path):
+    """The rule replays the evaluations in the checkpoint's logs: killed at step 7 (after the eval at step 5,
+    which is over the limit), the resumed run stops at step 10 too, not at 15."""
+    out = tmp_path / "resumed"
+    cfg = _blow_up(tok, out, checkpoint={"every": 7})
+    with pytest.raises(Killed):
+        train(cfg, after_step=_kill_at(7))
+    with pytest.raises(TrainingDiverged) as ei:
+        train(cfg)
+    assert ei.value.step == 10 and read(out)[2]["divergence"]["steps"] == [5, 10]
+    assert read(out)[2]["resumed_from"] == [7]
+
+
+def test_divergence_settings_are_checked_and_do_not_change_the_resume_hash(tok, tmp_path):
+    from cptlaws.train.config import config_hash
+
+    with pytest.raises(ConfigError, match=r"key 'divergence.patience' = 0: must be >= 1"):
+        validate_config(pt_cfg(tok, tmp_path, divergence={"patience": 0}))
+    a = validate_config(pt_cfg(tok, tmp_path))
+    b = validate_config(pt_cfg(tok, tmp_path, divergence={"above_uniform": 5.0}))
+    assert a["divergence"] == {"enabled": True, "above_uniform": 2.0, "train_rise": 1.0, "patience": 2}
+    assert config_hash(a) == config_hash(b)
+
+
 # ---------------------------------------------------------------------------------------------------- CPT finding
 def test_cpt_forgets_general_and_learns_domain(tok, tmp_path):
     """PT on language 1, CPT on a 75 % language-2 mixture: the general loss rises from its PT value while

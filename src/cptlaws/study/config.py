@@ -340,6 +340,8 @@ def _base_train(study: Study, run_id: str, phase: str, model: str, seed: int) ->
             "progress": False,  # progress bars only clutter the job logs
         },
     }
+    if "divergence" in tr:  # only when set, as micro_batch
+        base["divergence"] = copy.deepcopy(tr["divergence"])
     if tr["runtime"]["micro_batch"]:  # only when set: existing studies' run configs (and outputs) stay valid
         base["runtime"]["micro_batch"] = tr["runtime"]["micro_batch"]
     return base

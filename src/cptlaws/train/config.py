@@ -27,9 +27,11 @@ from cptlaws.schedules import validate as validate_schedule
 from cptlaws.train.checkpoints import CKPT_META, CKPT_STATE
 from cptlaws.train.model import resolve_model_spec
 
-# keys that do not change the numbers a run produces: excluded from the resume hash
+# keys that do not change the numbers a run produces: excluded from the resume hash (``divergence`` only
+# decides whether a run stops: a run trained under other limits resumes, and a finished one stays finished)
 _HASH_EXCLUDE = {
     ("out_dir",),
+    ("divergence",),
     ("checkpoint", "every"),
     ("checkpoint", "keep_last"),
     ("checkpoint", "keep_periodic"),
