@@ -235,9 +235,9 @@ class TrainingRun:
 
     def _restore(self) -> None:
         """Continue from the latest complete checkpoint; or, for a new CPT run, branch from the PT one."""
-        ckpts = C.ckpt_dirs(self.out_dir) if self.resume else []
-        if ckpts:
-            self._resume_from(ckpts[-1][1])
+        latest = C.load_latest(self.out_dir, self._same_config, main=self.rt.rank == 0) if self.resume else None
+        if latest is not None:
+            self._resume_from(latest[2])
         elif self.cfg["phase"] == "cpt":
             ini = self.cfg["init"]
             st = C.load_checkpoint(ini["checkpoint"])
@@ -248,14 +248,14 @@ class TrainingRun:
                 self.sampler.load_state_dict(st["sampler"], only=("general",))  # replay continues the PT stream
             self.tokens_at_start = int(st["tokens"])
 
-    def _resume_from(self, path: Path) -> None:
-        cmeta = read_json(path / C.CKPT_META, "checkpoint meta")
+    def _same_config(self, path: Path, cmeta: Mapping) -> None:
         if cmeta.get("config_hash") != self.chash:
             raise ConfigError(
                 f"run {self.run_id}: {self.out_dir} holds checkpoints of a different config (first difference: "
                 f"{first_diff(cmeta.get('config', {}), self.cfg)}); rerun with --no-resume to start over"
             )
-        st = C.load_checkpoint(path)
+
+    def _resume_from(self, st: Mapping) -> None:
         self.raw_model.load_state_dict(st["model"])
         self.opt.load_state_dict(st["optimizer"])
         self.sampler.load_state_dict(st["sampler"])
