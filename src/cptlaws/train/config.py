@@ -113,7 +113,16 @@ def validate_config(raw: Mapping, source: str = "", check_paths: bool = True) ->
         where.fail("init", "only a CPT run (phase: cpt) branches from a checkpoint")
     _check_lr_history(cfg, where)
     _check_transfer_steps(cfg, where)
+    _check_micro_batch(cfg, where)
     return schema.reorder(cfg, schema.schema("run"))
+
+
+def _check_micro_batch(cfg: dict, where: _Where) -> None:
+    """Gradient accumulation splits every batch into equal micro-batches: ``micro_batch`` must divide it (and,
+    under DDP, each process's share: checked when the run starts and knows its process count)."""
+    mb, B = cfg["runtime"]["micro_batch"], cfg["batch_size"]
+    if mb and B % mb:
+        where.fail("runtime.micro_batch", f"must divide batch_size {B} (equal micro-batches)", mb)
 
 
 def _check_data(cfg: dict, where: _Where, check_paths: bool) -> None:

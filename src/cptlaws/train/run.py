@@ -198,10 +198,18 @@ class TrainingRun:
         nd = D.n_domain_rows(cfg["data"]["ratio"], B)
         general = D.load_rows(cfg["data"]["general"], "train", seq_len, "data.general") if nd < B else None
         domain = D.load_rows(cfg["data"]["domain"], "train", seq_len, "data.domain") if nd > 0 else None
-        self.valid = {
-            k: D.validation_rows(D.load_rows(p, "valid", seq_len, f"valid.{k}"), cfg["eval_batches"], B)
-            for k, p in cfg["valid"].items()
-        }
+        self.valid = {}
+        for k, p in cfg["valid"].items():
+            rows = D.load_rows(p, "valid", seq_len, f"valid.{k}")
+            want = cfg["eval_batches"] * B
+            if len(rows) < want and self.rt.rank == 0:
+                print(
+                    f"warning: run {self.run_id}: key 'valid.{k}': {p} has {len(rows)} validation rows, fewer than "
+                    f"eval_batches {cfg['eval_batches']} x batch_size {B} = {want}: every evaluation uses all "
+                    f"{len(rows)} (lower eval_batches, or give the set more data)",
+                    file=sys.stderr,
+                )
+            self.valid[k] = D.validation_rows(rows, cfg["eval_batches"], B)
         named = [("data.general", general), ("data.domain", domain)] + [
             (f"valid.{k}", r) for k, r in self.valid.items()
         ]
@@ -535,14 +543,35 @@ class TrainingRun:
 
 
 def _vocab_size(cfg: Mapping, sources: list[tuple[str, str]]) -> int:
-    if "vocab_size" in cfg["model"]:
-        return int(cfg["model"]["vocab_size"])
+    """The model's vocabulary: model.vocab_size, else the token data's (meta.json), else the tokenizer's.
+    Every source that states one must agree (a token dir tokenized with another tokenizer would otherwise
+    train a model of the wrong size, or on the wrong ids); model.vocab_size may only pad the data's."""
+    stated: list[tuple[str, int]] = []  # (where, vocab size)
     for key, path in sources:
         meta = D.read_meta(D.split_dir(path, "train" if key.startswith("data") else "valid", key))
         if "vocab_size" in meta:
-            return int(meta["vocab_size"])
+            stated.append((f"key '{key}' ({path})", int(meta["vocab_size"])))
     if cfg.get("tokenizer"):
         from tokenizers import Tokenizer
 
-        return Tokenizer.from_file(cfg["tokenizer"]).get_vocab_size()
+        try:
+            n = Tokenizer.from_file(cfg["tokenizer"]).get_vocab_size()
+        except Exception as exc:  # noqa: BLE001 - the tokenizers library raises its own exception types
+            raise D.DataError(f"key 'tokenizer': cannot read {cfg['tokenizer']} ({exc})") from None
+        stated.append((f"key 'tokenizer' ({cfg['tokenizer']})", n))
+    if len({v for _, v in stated}) > 1:
+        raise D.DataError(
+            "vocabulary sizes disagree: " + ", ".join(f"{w}: {v}" for w, v in stated)
+            + " (data tokenized with another tokenizer? re-tokenize it with this one)"
+        )  # fmt: skip
+    data_vocab = stated[0][1] if stated else None
+    if "vocab_size" in cfg["model"]:
+        mine = int(cfg["model"]["vocab_size"])
+        if data_vocab is not None and mine < data_vocab:
+            raise ConfigError(
+                f"config: key 'model.vocab_size' = {mine}: smaller than the vocabulary of {stated[0][0]}: {data_vocab}"
+            )
+        return mine
+    if data_vocab is not None:
+        return data_vocab
     raise ConfigError("config: key 'model.vocab_size': unknown (no vocab_size in the data meta.json, no tokenizer)")
