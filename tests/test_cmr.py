@@ -511,7 +511,7 @@ def test_cli_curves(tmp_path, capsys):
     df.assign(loss=df["loss"].where(df.index != 7, -2.0)).to_csv(bad, index=False)
     assert cli.main(["cmr", str(bad), "--domain-split", "code", "--out", str(tmp_path / "x.json")]) == 2
     err = capsys.readouterr().err
-    assert str(bad) in err and "row 7" in err and "loss" in err
+    assert str(bad) in err and "row 8" in err and "loss" in err  # data rows count from 1, as in fit
     assert not (tmp_path / "x.json").exists()
     assert cli.main(["cmr", str(curves), "--domain-split", "code"]) == 2
     assert "--ratios" in capsys.readouterr().err

@@ -259,3 +259,26 @@ def test_check_metric_defaults_by_kind():
         chk.pop("metric", None)
     metrics = {c["name"]: (c["kind"], c["metric"]) for c in load_study(cfg).config["checks"]}
     assert {k: m for k, m in metrics.values()} == {"runs": "mean_rel", "time": "mean_rel", "cmr": "abs_err"}
+
+
+def test_divergence_limits_pass_to_the_run_configs_only_when_set():
+    """train.divergence (issue 15 item 1) refers to the run schema; absent, the run specs (the Snakemake params
+    that retrain a run when they change) stay as they were, and the run schema's defaults apply."""
+    from cptlaws.train.config import validate_config
+
+    plain = load_study(base())
+    assert all("divergence" not in r["train"] for r in plain.runs.values())
+    rid = plain.cpt_runs[0]
+    assert validate_config(plain.runs[rid]["train"], check_paths=False)["divergence"]["above_uniform"] == 2.0
+    cfg = base()
+    cfg["train"] = {"divergence": {"above_uniform": 5.0}}
+    set_ = load_study(cfg)
+    assert set_.runs[rid]["train"]["divergence"] == {
+        "enabled": True,
+        "above_uniform": 5.0,
+        "train_rise": 1.0,
+        "patience": 2,
+    }
+    cfg["train"] = {"divergence": {"patience": 0}}
+    with pytest.raises(ConfigError, match=r"config key 'train.divergence.patience': 0 is less than the minimum of 1"):
+        load_study(cfg)

@@ -4,8 +4,10 @@ and the PT -> CPT forgetting finding on two synthetic "languages"."""
 from __future__ import annotations
 
 import copy
+import errno
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,9 +20,10 @@ import pytest
 import torch
 
 from cptlaws.data import rows as D
-from cptlaws.errors import ConfigError, TrainingDiverged, TrainingInterrupted
+from cptlaws.errors import ConfigError, InputError, TrainingDiverged, TrainingError, TrainingInterrupted
 from cptlaws.schedules import lr_array, phase_lrs
 from cptlaws.train import KILL_ENV, train, validate_config
+from cptlaws.train import checkpoints as C
 
 VOCAB, SEQ = 64, 32
 
@@ -203,6 +206,108 @@ def test_hard_kill_subprocess_and_resume(tok, pt_run, tmp_path):
     pd.testing.assert_frame_equal(c1, c2, check_exact=True)
     pd.testing.assert_frame_equal(t1, t2, check_exact=True)
     assert m2["resumed_from"] == [14]
+
+
+def _killed_with_two_checkpoints(tok, out) -> dict:
+    cfg = pt_cfg(tok, out, checkpoint={"transfer_steps": [20], "every": 7, "keep_last": 2})
+    with pytest.raises(Killed):
+        train(cfg, after_step=_kill_at(16))
+    assert [s for s, _ in C.ckpt_dirs(out)] == [7, 14]
+    return cfg
+
+
+@pytest.mark.parametrize("damage", ["truncated_state", "empty_meta", "both"])
+def test_a_damaged_newest_checkpoint_is_moved_aside_and_resume_uses_the_older(tok, pt_run, tmp_path, capsys, damage):
+    """issue 15 item 3: on main a truncated state.pt gave 'PytorchStreamReader failed reading zip archive'
+    naming no file on every retry, an emptied meta.json 'Expecting value: line 1 column 1'."""
+    out = tmp_path / "r"
+    cfg = _killed_with_two_checkpoints(tok, out)
+    newest = out / "ckpt" / "step_14"
+    if damage != "empty_meta":
+        data = (newest / "state.pt").read_bytes()
+        (newest / "state.pt").write_bytes(data[: len(data) // 2])
+    if damage != "truncated_state":
+        (newest / "meta.json").write_text("")
+    capsys.readouterr()
+    train(cfg)
+    err = capsys.readouterr().err
+    bad = newest / ("state.pt" if damage == "truncated_state" else "meta.json")
+    assert f"warning: {'checkpoint file ' if damage == 'truncated_state' else ''}{bad}:" in err, err
+    assert ("unreadable" if damage == "truncated_state" else "invalid JSON") in err
+    assert "moved aside" in err and (out / "ckpt" / "step_14.corrupt").is_dir() and not newest.exists()
+    c1, t1, _ = read(pt_run)
+    c2, t2, m2 = read(out)
+    assert m2["resumed_from"] == [7] and m2["status"] == "ok"
+    pd.testing.assert_frame_equal(c1, c2, check_exact=True)  # = the run resumed from step 7 = the uninterrupted one
+    pd.testing.assert_frame_equal(t1, t2, check_exact=True)
+
+
+def test_no_intact_checkpoint_is_a_clear_error_naming_the_dir(tok, tmp_path):
+    out = tmp_path / "r"
+    cfg = _killed_with_two_checkpoints(tok, out)
+    for _, p in C.ckpt_dirs(out):
+        (p / "state.pt").write_bytes(b"")
+    with pytest.raises(TrainingError, match=rf"no intact checkpoint in {out / 'ckpt'} \(damaged, moved aside: "
+                       r"step_14.corrupt, step_7.corrupt\); training again starts the run over"):  # fmt: skip
+        train(cfg)
+    assert train(cfg)["resumed_from"] == []  # started over
+
+
+def test_a_damaged_cpt_init_checkpoint_names_the_file(tok, tmp_path):
+    pt_out = tmp_path / "pt"
+    train(pt_cfg(tok, pt_out, steps=10, checkpoint={"transfer_steps": [10]}))
+    st = pt_out / "ckpt" / "step_10" / "state.pt"
+    st.write_bytes(st.read_bytes()[:1000])
+    with pytest.raises(InputError, match=rf"checkpoint file {st}: unreadable \(.*truncated or damaged\?\)"):
+        train(cpt_cfg(tok, tmp_path / "cpt", pt_out / "ckpt" / "step_10", steps=5, checkpoint={}))
+
+
+@pytest.mark.parametrize(
+    "what, exc, want",
+    [
+        ("torch.save", RuntimeError("[enforce fail at inline_container.cc:595] . unexpected pos 1142272 vs 1142224"),
+         r"{ck}/state\.pt: the write failed \(.*unexpected pos.*\); no space left on the device\? "
+         r"\(\d+\.\d MiB free there\)"),
+        ("tempfile.mkdtemp", OSError(errno.EROFS, "Read-only file system"), r"{ck}: read-only file system"),
+        ("tempfile.mkdtemp", OSError(errno.EACCES, "Permission denied"), r"{ck}: permission denied"),
+    ],
+    ids=["full_disk", "read_only", "no_permission"],
+)  # fmt: skip
+def test_a_refused_checkpoint_write_is_one_line_naming_the_path(tok, tmp_path, monkeypatch, capsys, what, exc, want):
+    """On main a full disk gave torch's 'unexpected pos 1142272 vs 1142224' with no word of space."""
+    import tempfile
+
+    from cptlaws.cli import main
+
+    out = tmp_path / "r"
+    cfg_path = tmp_path / "run.json"
+    cfg_path.write_text(json.dumps(pt_cfg(tok, out, steps=10, checkpoint={"every": 5})))
+    real = getattr(torch if what == "torch.save" else tempfile, what.split(".")[1])
+
+    def refuse(*a, **k):
+        if what == "torch.save" or "step_5" in str(k.get("prefix", "")):
+            raise exc
+        return real(*a, **k)
+
+    monkeypatch.setattr(what, refuse)
+    capsys.readouterr()
+    assert main(["train", str(cfg_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    pattern = "cptlaws train: error: cannot write " + want.replace("{ck}", re.escape(str(out / "ckpt" / "step_5")))
+    assert len(err.splitlines()) == 1 and re.fullmatch(pattern, err), err
+
+
+def test_a_refused_output_write_is_a_storage_error(tmp_path, monkeypatch):
+    from cptlaws.errors import StorageError
+    from cptlaws.io import write_json
+
+    def full(self, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(StorageError, match=rf"cannot write {tmp_path / 'meta.json'}: no space left on the device \("):
+        write_json(tmp_path / "meta.json", {"a": 1})
+    assert not list(tmp_path.iterdir())  # no temporary file left behind
 
 
 def test_resume_refuses_checkpoints_of_another_config(tok, tmp_path):
@@ -403,6 +508,57 @@ def test_divergence_stops_cleanly_and_keeps_the_curve(tok, tmp_path):
     # the curve so far is kept: every eval before the diverged step, all finite
     assert (curve["step"] == 0).any() and (curve["step"] < ei.value.step).all()
     assert np.isfinite(curve["loss"]).all()
+
+
+def _blow_up(tok, out, **kw):
+    """A PT run at peak LR 10 with the default grad_clip 1.0: its loss climbs to ~260 nats (ln 64 = 4.16 at
+    init) and stays finite: on main it finished with status 'ok' (issue 15 item 1)."""
+    base = dict(steps=30, eval_every=5, checkpoint={}, schedule={"kind": "constant", "peak_lr": 10.0})
+    return pt_cfg(tok, out, **{**base, **kw})
+
+
+def test_a_finite_loss_blow_up_stops_the_run_as_diverged(tok, tmp_path):
+    out = tmp_path / "blow"
+    with pytest.raises(TrainingDiverged, match=r"diverged at step 10 \(validation loss on '\w+' .* at step 5, "
+                       r".* at step 10: above 6\.1\d* = max\(its start .*above_uniform 2") as ei:  # fmt: skip
+        train(_blow_up(tok, out))
+    assert ei.value.step == 10
+    curve, tlog, meta = read(out)
+    assert meta["status"] == "diverged" and meta["diverged_at_step"] == 10
+    ev = meta["divergence"]
+    assert ev["rule"] == "above_uniform" and ev["steps"] == [5, 10] and ev["series"] in ("general", "code")
+    assert min(ev["losses"]) > ev["limit"] == pytest.approx(max(ev["start"], np.log(VOCAB)) + 2.0)
+    assert np.isfinite(curve["loss"]).all() and curve["step"].max() == 10 and len(tlog) == 10
+
+
+def test_the_divergence_rule_spares_normal_runs_and_can_be_off(tok, tmp_path):
+    assert train(pt_cfg(tok, tmp_path / "normal", checkpoint={}))["status"] == "ok"
+    meta = train(_blow_up(tok, tmp_path / "off", divergence={"enabled": False}))
+    assert meta["status"] == "ok" and max(read(tmp_path / "off")[0]["loss"]) > 100  # what main reported as good
+
+
+def test_a_resumed_run_diverges_where_an_uninterrupted_one_does(tok, tmp_path):
+    """The rule replays the evaluations in the checkpoint's logs: killed at step 7 (after the eval at step 5,
+    which is over the limit), the resumed run stops at step 10 too, not at 15."""
+    out = tmp_path / "resumed"
+    cfg = _blow_up(tok, out, checkpoint={"every": 7})
+    with pytest.raises(Killed):
+        train(cfg, after_step=_kill_at(7))
+    with pytest.raises(TrainingDiverged) as ei:
+        train(cfg)
+    assert ei.value.step == 10 and read(out)[2]["divergence"]["steps"] == [5, 10]
+    assert read(out)[2]["resumed_from"] == [7]
+
+
+def test_divergence_settings_are_checked_and_do_not_change_the_resume_hash(tok, tmp_path):
+    from cptlaws.train.config import config_hash
+
+    with pytest.raises(ConfigError, match=r"key 'divergence.patience' = 0: must be >= 1"):
+        validate_config(pt_cfg(tok, tmp_path, divergence={"patience": 0}))
+    a = validate_config(pt_cfg(tok, tmp_path))
+    b = validate_config(pt_cfg(tok, tmp_path, divergence={"above_uniform": 5.0}))
+    assert a["divergence"] == {"enabled": True, "above_uniform": 2.0, "train_rise": 1.0, "patience": 2}
+    assert config_hash(a) == config_hash(b)
 
 
 # ---------------------------------------------------------------------------------------------------- CPT finding

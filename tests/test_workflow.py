@@ -11,6 +11,7 @@ import copy
 import json
 import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -138,3 +139,27 @@ def test_workflow_is_lint_and_format_clean(venv_bin, repo_root):
         [str(venv_bin / "snakefmt"), "--check", "workflow"], cwd=repo_root, capture_output=True, text=True, timeout=120
     )
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr
+
+
+def test_workflow_finds_cptlaws_without_the_venv_on_path(tmp_path, venv_bin, repo_root):
+    """`.venv/bin/snakemake ...` as documented, the venv not activated: the rules still find `cptlaws`
+    (issue 15 item 6; exited 127, `cptlaws: command not found`). One real job: the bytes tokenizer."""
+    import os
+    import shutil
+
+    path = os.pathsep.join(
+        d for d in os.environ.get("PATH", "").split(os.pathsep) if d and Path(d).resolve() != venv_bin.resolve()
+    )
+    assert shutil.which("cptlaws", path=path) is None, "the test needs a PATH without cptlaws"
+    cfg = yaml.safe_load(SMOKE.read_text())
+    cfg["tokenizer"] = {"kind": "bytes", "vocab": 256}
+    config = write_config(tmp_path / "study.yaml", cfg)
+    target = "resources/tokenizer/bytes256/tokenizer.json"
+    cmd = [str(venv_bin / "snakemake"), target, "--snakefile", str(repo_root / "workflow" / "Snakefile"),
+           "--directory", str(tmp_path), "--profile", str(repo_root / "profiles" / "local"), "--cores", "1",
+           "--configfile", str(config)]  # fmt: skip
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path, env={**os.environ, "PATH": path})
+    out = p.stdout + p.stderr
+    log = tmp_path / "logs" / "tokenizer.log"
+    assert p.returncode == 0, out[-3000:] + (log.read_text() if log.exists() else "")
+    assert (tmp_path / target).is_file() and "command not found" not in out

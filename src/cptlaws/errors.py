@@ -35,6 +35,11 @@ class MissingFileError(InputError, FileNotFoundError):
     """An input file that does not exist; the message names it."""
 
 
+class StorageError(CptlawsError, OSError):
+    """A file or directory that cannot be written: no space left, a read-only file system, no permission;
+    the message names the path and the reason."""
+
+
 class FitError(CptlawsError, ValueError):
     """A fit that cannot be done: too few points, bad data, no converged start."""
 

@@ -7,6 +7,7 @@ Reads name the file in every error (``InputError``): missing, unreadable, not JS
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -16,27 +17,70 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from cptlaws.errors import InputError, MissingFileError
+from cptlaws.errors import InputError, MissingFileError, StorageError
 
 TABLE_SUFFIXES = (".parquet", ".pq", ".csv", ".tsv")
+_STORAGE_ERRNOS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+}
+
+
+def free_space(path: str | os.PathLike) -> str:
+    """The free space of the file system holding ``path`` (its nearest existing parent), as text."""
+    p = Path(path)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return f"{shutil.disk_usage(p).free / 2**20:.1f} MiB free there"
+    except OSError:
+        return "free space unknown"
+
+
+def storage_error(exc: OSError, path: str | os.PathLike) -> StorageError | None:
+    """A one-line ``StorageError`` naming ``path`` for an OSError that says the disk refused the write
+    (no space, read-only, no permission); None for other errors."""
+    why = _STORAGE_ERRNOS.get(getattr(exc, "errno", None))
+    if why is None:
+        return None
+    extra = f" ({free_space(path)})" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+    return StorageError(f"cannot write {path}: {why}{extra}")
+
+
+@contextmanager
+def writing(path: str | os.PathLike) -> Iterator[None]:
+    """Turn a refused write (no space, read-only, no permission) inside the block into a ``StorageError``."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except OSError as exc:
+        err = storage_error(exc, path)
+        if err is None:
+            raise
+        raise err from None
 
 
 @contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success fsync and rename it onto ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix or ".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
-    try:
-        yield tmp
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix or ".tmp", dir=path.parent)
+        os.close(fd)
+        tmp = Path(tmp)
+        try:
+            yield tmp
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
 
 
 @contextmanager
@@ -45,24 +89,25 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     ``path``. A kill leaves only a hidden ``.<name>.tmp-*`` directory (``clean_tmp_dirs`` removes those),
     never a half-filled ``path``; an existing ``path`` is moved aside first and deleted after the swap."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
-        yield tmp
-        for f in tmp.rglob("*"):
-            if f.is_file():
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
-        old = None
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-            os.replace(path, old / "x")
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+        try:
+            yield tmp
+            for f in tmp.rglob("*"):
+                if f.is_file():
+                    with open(f, "rb") as fh:
+                        os.fsync(fh.fileno())
+            old = None
+            if path.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+                os.replace(path, old / "x")
+            os.replace(tmp, path)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
 
 
 def clean_tmp_dirs(parent: str | os.PathLike) -> None:

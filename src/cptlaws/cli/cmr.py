@@ -116,7 +116,10 @@ def cmd_cmr(args) -> int:
 
 
 def _run_params(args) -> int:
+    from cptlaws.cli.fit import check_out
     from cptlaws.cmr import PAPER_T_UNIT_TOKENS, cmr_scaling_law
+
+    check_out(args.out)
 
     if args.curves is not None:
         raise UsageError("give either a curves table or --params, not both")
@@ -151,14 +154,21 @@ def _run_params(args) -> int:
 
 
 def _run_curves(args) -> int:
+    import pandas as pd
+
+    from cptlaws.cli.fit import check_out
     from cptlaws.cmr import cmr_from_curves
     from cptlaws.io import read_table, write_parquet, write_text
+
+    check_out(args.out)
+    check_out(args.table_out, "--table-out")
 
     if not args.domain_split:
         raise UsageError("--domain-split is required with a curves table")
     if args.T is not None or args.tokens is not None:
         raise UsageError("--T / --tokens only go with --params")
     df = read_table(args.curves, what="curves table")
+    df.index = pd.RangeIndex(1, len(df) + 1)  # messages count data rows from 1, as `cptlaws fit` does
     ratios = None
     if args.ratios:
         rt = read_table(args.ratios, what="ratios table")
@@ -170,7 +180,7 @@ def _run_curves(args) -> int:
             try:
                 ratios[rid] = float(r)
             except (TypeError, ValueError):
-                raise UsageError(f"{args.ratios}: row {i} (run {rid!r}): ratio {r!r} is not a number") from None
+                raise UsageError(f"{args.ratios}: row {i + 1} (run {rid!r}): ratio {r!r} is not a number") from None
     baseline: str | dict = "branch"
     if args.baseline:
         baseline = {}
@@ -203,8 +213,6 @@ def _run_curves(args) -> int:
     )
     records = result["tables"]["increments"]
     if args.table_out:
-        import pandas as pd
-
         tab = pd.DataFrame.from_records(records)
         if args.table_out.lower().endswith(".csv"):
             write_text(args.table_out, tab.to_csv(index=False))

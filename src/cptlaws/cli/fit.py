@@ -9,6 +9,12 @@ from pathlib import Path
 from cptlaws.errors import InputError, UsageError
 
 
+def check_out(path: str | None, flag: str = "--out") -> None:
+    """An output path's directory must exist: a typo in --out must not create a directory tree."""
+    if path and not Path(path).parent.is_dir():
+        raise UsageError(f"{flag} {path}: directory {Path(path).parent} does not exist (create it first)")
+
+
 def _runs(values) -> list[str]:
     out = []
     for v in values or []:
@@ -37,6 +43,8 @@ def cmd_fit(args) -> int:
 
     if args.lr and args.schedules:
         raise UsageError("give at most one of --lr and --schedules")
+    check_out(args.out)
+    check_out(args.predictions, "--predictions")
     fit_runs, pred_runs = _runs(args.fit_runs), _runs(args.predict_runs)
     both = sorted(set(fit_runs) & set(pred_runs))
     if both:
@@ -117,11 +125,11 @@ def cmd_fit(args) -> int:
 def cmd_predict(args) -> int:
     import numpy as np
 
-    from cptlaws.fitting import FitResult
     from cptlaws.fitting.curves import entry_history, load_schedules
-    from cptlaws.io import read_json, write_table
+    from cptlaws.io import write_table
 
-    fit = FitResult.from_dict(read_json(args.fit, "fit JSON"))
+    check_out(args.out)
+    fit = _read_fit(args.fit)
     entries = load_schedules(args.schedules)
     wanted = _runs(args.runs) or list(entries)
     curves = []
@@ -143,6 +151,37 @@ def cmd_predict(args) -> int:
     write_table(args.out, df)
     print(f"predicted {len(df)} points of {len(curves)} run(s) with law '{fit.law}' -> {args.out}")
     return 0
+
+
+def _read_fit(path: str):
+    """A saved fit that can predict: a JSON object with the law and finite parameters; errors name the file."""
+    import math
+
+    from cptlaws.fitting import FitResult
+
+    obj = _fit_object(path)
+    try:
+        fit = FitResult.from_dict(obj)
+    except InputError as exc:
+        raise InputError(f"{path}: {str(exc).removeprefix('fit JSON: ')} (fit JSON)") from None
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise InputError(f"{path}: not a fit JSON written by `cptlaws fit` ({exc})") from None
+    bad = [k for k, v in fit.params.items() if not math.isfinite(v)]
+    if bad:
+        raise InputError(
+            f"{path}: parameter(s) {', '.join(f'{k} = {fit.params[k]}' for k in bad)} not finite: the fit failed, "
+            "it cannot predict (fit again)"
+        )
+    return fit
+
+
+def _fit_object(path: str) -> dict:
+    from cptlaws.io import read_json
+
+    obj = read_json(path, "fit JSON")
+    if not isinstance(obj, dict):
+        raise InputError(f"{path}: a fit JSON is an object with law, params and lam, got a {type(obj).__name__}")
+    return obj
 
 
 def _pred_curve(run, h, steps, split):

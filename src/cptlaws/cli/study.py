@@ -30,6 +30,8 @@ def cmd_study_validate(args) -> int:
 
     study = load_study(args.config)
     print(f"{args.config}: ok, {len(study.pt_runs)} PT run(s), {len(study.cpt_runs)} CPT run(s)")
+    for note in study.notes:
+        print(note)
     if args.list:
         for rid in study.runs:
             print(rid)

@@ -142,11 +142,13 @@ def load_schedules(path: str | Path) -> dict[str, dict]:
     """Run entries from a schedules YAML: ``runs: {name: entry}`` with optional ``defaults:``."""
     import yaml
 
+    from cptlaws.schema import load_yaml
+
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file")
     try:
-        doc = yaml.safe_load(path.read_text())
+        doc = load_yaml(path.read_text())  # a key written twice is an error
     except yaml.YAMLError as exc:
         raise InputError(f"{path}: invalid YAML ({exc})") from exc
     if not isinstance(doc, Mapping):

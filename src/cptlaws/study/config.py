@@ -19,8 +19,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from cptlaws import schedules, schema
 from cptlaws.errors import ConfigError
 
@@ -59,7 +57,7 @@ def validate_schema(config: Mapping, schema_path: str | Path | None = None) -> d
         schema_path = Path(schema_path)
         if not schema_path.exists():
             raise ConfigError(f"config schema not found: {schema_path}")
-        doc = yaml.safe_load(schema_path.read_text())
+        doc = schema.read_yaml(schema_path, "config schema")
     cfg, bad = schema.validate(config, doc, uri=schema.BASE_URI + "study.copy.schema.yaml")
     if bad is not None:
         note = _DEVICE_NOTE if bad.key.endswith("runtime.device") else ""
@@ -74,6 +72,7 @@ class Study:
 
     config: dict
     runs: dict[str, dict] = field(default_factory=dict)  # run_id -> {"train": run config, "row": metadata}
+    notes: list[str] = field(default_factory=list)  # what validation could not check here (`study validate` prints)
     results: str = "results"
     resources_dir: str = "resources"
 
@@ -209,9 +208,30 @@ def load_study(
     specs = _check_schedules(cfg)
     _check_grids(cfg)
     _expand(study, *specs)
+    _check_fits(cfg)
     _check_checks(study)
     _check_run_configs(study)
+    _note_device(study)
     return study
+
+
+def _check_fits(cfg: dict) -> None:
+    """A law named in a fit block must exist (else it fails only in the fit job)."""
+    known = _known_laws()
+    for name, block in cfg["fits"].items():
+        if isinstance(block, dict) and "law" in block and block["law"] not in known:
+            raise ConfigError(
+                f"config key 'fits.{name}.law': unknown law {block['law']!r} (known: {', '.join(sorted(known))})"
+            )
+
+
+def _note_device(study: Study) -> None:
+    dev = study.config["train"]["runtime"]["device"]
+    if dev != "cpu":
+        study.notes.append(
+            f"note: train.runtime.device = {dev!r}: the GPU is checked when each training job starts, on its node "
+            "(not here: a login node without a GPU is fine)"
+        )
 
 
 def _check_corpora(cfg: dict) -> None:
@@ -340,6 +360,8 @@ def _base_train(study: Study, run_id: str, phase: str, model: str, seed: int) ->
             "progress": False,  # progress bars only clutter the job logs
         },
     }
+    if "divergence" in tr:  # only when set, as micro_batch
+        base["divergence"] = copy.deepcopy(tr["divergence"])
     if tr["runtime"]["micro_batch"]:  # only when set: existing studies' run configs (and outputs) stay valid
         base["runtime"]["micro_batch"] = tr["runtime"]["micro_batch"]
     return base
@@ -475,6 +497,13 @@ def _check_checks(study: Study) -> None:
         known = _known_laws()
         if kind != "cmr" and law not in known:
             raise ConfigError(f"config key '{base}.law': unknown law {law!r} (known: {', '.join(sorted(known))})")
+        if kind == "cmr" and not cfg["fits"]["cmr"]["enabled"]:
+            raise ConfigError(
+                f"config key '{base}.kind': a cmr check compares the CMR analysis with the runs, but "
+                "'fits.cmr.enabled' is false (enable it or drop the check)"
+            )
+        if kind != "cmr" and law == "size":
+            _check_sizes(study, rows, chk, base)
         for part in ("fit", "predict", "select"):
             flt = chk.get(part)
             if not flt:
@@ -499,6 +528,23 @@ def _check_checks(study: Study) -> None:
                 raise ConfigError(
                     f"config key '{base}.predict': {len(both)} run(s) are also in 'fit' (e.g. {sorted(both)[0]}): a held-out check must predict unseen runs"
                 )
+
+
+def _check_sizes(study: Study, rows: list[dict], chk: dict, base: str) -> None:
+    """The size law (Eq. 7) has model-size exponents: the runs it fits must span at least two model sizes."""
+    from cptlaws.train.model import resolve_model_spec
+
+    fit = select_rows(rows, chk.get("fit") or chk.get("select"))
+    shapes = {}
+    for r in fit:
+        spec = resolve_model_spec(study.config["models"][r["model"]], f"models.{r['model']}")
+        shapes.setdefault(json.dumps(spec, sort_keys=True), r["model"])
+    if len(shapes) < 2:
+        raise ConfigError(
+            f"config key '{base}.law': the size law needs runs of at least two model sizes to identify its "
+            f"exponents; the runs this check fits have {len(shapes)} ({', '.join(shapes.values()) or 'none'}: "
+            "add a model to 'models' and to the grid, or use law 'cpt')"
+        )
 
 
 def canonical_value(v) -> str:

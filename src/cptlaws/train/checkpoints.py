@@ -6,7 +6,13 @@ written last, so ``status: ok`` in it marks a finished run) and ``ckpt/``: ``ste
 the logs so far, the wall time) and ``meta.json`` (the run's config and hash), plus ``final/``, a copy of the
 finished outputs outside Snakemake's declared outputs: a job that finishes training and then fails (its
 epilogue crossing the SLURM time limit) has its outputs deleted, and the retry restores them from there.
-Every checkpoint and the final copy are written as whole directories (``cptlaws.io.atomic_dir``).
+Every checkpoint and the final copy are written as whole directories (``cptlaws.io.atomic_dir``); a write
+the disk refuses (no space, read-only, no permission) is a one-line ``StorageError`` naming the path.
+
+Resume takes the newest intact checkpoint (``load_latest``): one whose ``meta.json`` or ``state.pt`` cannot
+be read (truncated by a full disk, emptied, bit rot) is reported naming the file and the reason, moved
+aside to ``step_<T>.corrupt`` (kept for a post-mortem, never a resume point again) and the next older one
+is tried.
 """
 
 from __future__ import annotations
@@ -18,13 +24,13 @@ import random
 import re
 import shutil
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
 
-from cptlaws.errors import InputError
-from cptlaws.io import atomic_dir, atomic_path, write_json
+from cptlaws.errors import InputError, StorageError, TrainingError
+from cptlaws.io import atomic_dir, atomic_path, free_space, read_json, write_json
 
 CKPT_STATE = "state.pt"
 CKPT_META = "meta.json"
@@ -45,20 +51,84 @@ def ckpt_dirs(out_dir: Path) -> list[tuple[int, Path]]:
 
 
 def save_checkpoint(path: Path, state: dict, meta: dict) -> None:
+    """Write a checkpoint directory atomically; a refused write raises ``StorageError`` naming the file."""
     import torch
 
+    path = Path(path)
     with atomic_dir(path) as tmp:
-        torch.save(state, tmp / CKPT_STATE)
+        try:
+            torch.save(state, tmp / CKPT_STATE)
+        except RuntimeError as exc:  # torch's zip writer reports a full disk as 'unexpected pos ...'
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise StorageError(
+                f"cannot write {path / CKPT_STATE}: the write failed ({first}); no space left on the device? "
+                f"({free_space(path)})"
+            ) from None
         (tmp / CKPT_META).write_text(json.dumps(meta, indent=2, default=str) + "\n")
 
 
 def load_checkpoint(path: str | Path) -> dict:
+    """The state of a checkpoint; an unreadable ``state.pt`` raises ``InputError`` naming it and the reason."""
     import torch
 
     p = Path(path)
     if not (p / CKPT_STATE).is_file():
         raise InputError(f"checkpoint {p}: no {CKPT_STATE}")
-    return torch.load(p / CKPT_STATE, map_location="cpu", weights_only=False)
+    try:
+        st = torch.load(p / CKPT_STATE, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - zip, pickle and EOF errors of a truncated or damaged file
+        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"checkpoint file {p / CKPT_STATE}: unreadable ({why}; truncated or damaged?)") from None
+    if not isinstance(st, dict) or "model" not in st:
+        raise InputError(f"checkpoint file {p / CKPT_STATE}: not a cptlaws checkpoint (no model state)")
+    return st
+
+
+def _read_ckpt_meta(p: Path) -> dict:
+    meta = read_json(p / CKPT_META, "checkpoint meta")
+    if not isinstance(meta, dict) or "config_hash" not in meta:
+        raise InputError(f"{p / CKPT_META}: not a checkpoint meta (no config_hash)")
+    return meta
+
+
+def move_aside(p: Path) -> Path:
+    """Rename a damaged checkpoint dir to ``<name>.corrupt`` (``.corrupt-2``... if taken)."""
+    dest, n = p.with_name(f"{p.name}.corrupt"), 1
+    while dest.exists():
+        n += 1
+        dest = p.with_name(f"{p.name}.corrupt-{n}")
+    os.replace(p, dest)
+    return dest
+
+
+def load_latest(
+    out_dir: Path, check: Callable[[Path, dict], None] = lambda p, m: None, main: bool = True
+) -> tuple[Path, dict, dict] | None:
+    """The newest intact checkpoint of a run directory: (its dir, its meta, its state), or None if there
+    is none at all. A damaged one is reported on stderr naming the file and the reason and (``main``: the
+    process that owns the directory) moved aside; ``check(dir, meta)`` raises for a checkpoint that is
+    intact but unusable (another config's). None intact: ``TrainingError`` naming the directory."""
+    found, bad = ckpt_dirs(out_dir), []
+    for _, p in reversed(found):
+        try:
+            meta = _read_ckpt_meta(p)
+            check(p, meta)
+            state = load_checkpoint(p)
+            return p, meta, state
+        except InputError as exc:
+            if not main:
+                bad.append(p.name)
+                continue
+            dest = move_aside(p)
+            bad.append(dest.name)
+            print(f"warning: {exc}; checkpoint moved aside to {dest}, trying an older one", file=sys.stderr)
+    if bad:
+        raise TrainingError(
+            f"no intact checkpoint in {Path(out_dir) / 'ckpt'} (damaged, moved aside: {', '.join(bad)}); training "
+            f"again starts the run over from its first step",
+            0,
+        )
+    return None
 
 
 def prune(out_dir: Path, keep_last: int, keep: Iterable[int] = ()) -> None:

@@ -27,9 +27,11 @@ from cptlaws.schedules import validate as validate_schedule
 from cptlaws.train.checkpoints import CKPT_META, CKPT_STATE
 from cptlaws.train.model import resolve_model_spec
 
-# keys that do not change the numbers a run produces: excluded from the resume hash
+# keys that do not change the numbers a run produces: excluded from the resume hash (``divergence`` only
+# decides whether a run stops: a run trained under other limits resumes, and a finished one stays finished)
 _HASH_EXCLUDE = {
     ("out_dir",),
+    ("divergence",),
     ("checkpoint", "every"),
     ("checkpoint", "keep_last"),
     ("checkpoint", "keep_periodic"),
@@ -111,7 +113,16 @@ def validate_config(raw: Mapping, source: str = "", check_paths: bool = True) ->
         where.fail("init", "only a CPT run (phase: cpt) branches from a checkpoint")
     _check_lr_history(cfg, where)
     _check_transfer_steps(cfg, where)
+    _check_micro_batch(cfg, where)
     return schema.reorder(cfg, schema.schema("run"))
+
+
+def _check_micro_batch(cfg: dict, where: _Where) -> None:
+    """Gradient accumulation splits every batch into equal micro-batches: ``micro_batch`` must divide it (and,
+    under DDP, each process's share: checked when the run starts and knows its process count)."""
+    mb, B = cfg["runtime"]["micro_batch"], cfg["batch_size"]
+    if mb and B % mb:
+        where.fail("runtime.micro_batch", f"must divide batch_size {B} (equal micro-batches)", mb)
 
 
 def _check_data(cfg: dict, where: _Where, check_paths: bool) -> None:

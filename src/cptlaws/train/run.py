@@ -37,6 +37,7 @@ from cptlaws.io import clean_tmp_dirs, read_json, write_json, write_parquet
 from cptlaws.train import checkpoints as C
 from cptlaws.train import runtime as R
 from cptlaws.train.config import config_hash, first_diff, load_config, lr_history, validate_config
+from cptlaws.train.divergence import DivergenceRule, train_means
 
 KILL_ENV = "CPTLAWS_KILL_AFTER_STEP"  # test hook: hard-exit (like SIGKILL) after this global step
 CURVE_COLUMNS = ["run_id", "phase", "step", "tokens", "lr", "split", "loss"]
@@ -147,6 +148,7 @@ class TrainingRun:
         self.wall_prev = 0.0  # wall time of earlier processes of this run
         self.step_time = 0.0  # seconds inside training steps only (no eval / checkpoint): train_tokens_per_s
         self.resumed_from: list[int] = []
+        self.last_eval = None  # global step of the previous evaluation (the train loss is averaged since)
         self.pending: list[tuple] = []  # (step, lr, tokens, loss, grad norm) not yet moved off the device
         self.stop = R.StopSignals()
         self.t_start = time.perf_counter()
@@ -160,6 +162,7 @@ class TrainingRun:
             return done
         self._load_data()
         self._build()
+        self.rule = DivergenceRule(self.cfg["divergence"], self.vocab, self._trained_sets())
         self._restore()
         self._wrap()
         self.t_start = time.perf_counter()
@@ -195,10 +198,18 @@ class TrainingRun:
         nd = D.n_domain_rows(cfg["data"]["ratio"], B)
         general = D.load_rows(cfg["data"]["general"], "train", seq_len, "data.general") if nd < B else None
         domain = D.load_rows(cfg["data"]["domain"], "train", seq_len, "data.domain") if nd > 0 else None
-        self.valid = {
-            k: D.validation_rows(D.load_rows(p, "valid", seq_len, f"valid.{k}"), cfg["eval_batches"], B)
-            for k, p in cfg["valid"].items()
-        }
+        self.valid = {}
+        for k, p in cfg["valid"].items():
+            rows = D.load_rows(p, "valid", seq_len, f"valid.{k}")
+            want = cfg["eval_batches"] * B
+            if len(rows) < want and self.rt.rank == 0:
+                print(
+                    f"warning: run {self.run_id}: key 'valid.{k}': {p} has {len(rows)} validation rows, fewer than "
+                    f"eval_batches {cfg['eval_batches']} x batch_size {B} = {want}: every evaluation uses all "
+                    f"{len(rows)} (lower eval_batches, or give the set more data)",
+                    file=sys.stderr,
+                )
+            self.valid[k] = D.validation_rows(rows, cfg["eval_batches"], B)
         named = [("data.general", general), ("data.domain", domain)] + [
             (f"valid.{k}", r) for k, r in self.valid.items()
         ]
@@ -208,6 +219,14 @@ class TrainingRun:
                     f"key '{key}': token id {int(rows.max())} >= vocab_size {self.vocab} (tokenizer mismatch?)"
                 )
         self.sampler = D.MixtureSampler(general, domain, cfg["data"]["ratio"], B, cfg["seed"])
+
+    def _trained_sets(self) -> list[str]:
+        """The validation sets of the data this run trains on (the divergence rule watches those, not the
+        ones it forgets)."""
+        cfg, nd = self.cfg, D.n_domain_rows(self.cfg["data"]["ratio"], self.cfg["batch_size"])
+        used = [cfg["data"][k] for k, on in (("general", nd < cfg["batch_size"]), ("domain", nd > 0)) if on]
+        same = {os.path.realpath(p) for p in used if p}
+        return [k for k, p in cfg["valid"].items() if os.path.realpath(p) in same]
 
     def _build(self) -> None:
         from cptlaws.train.model import attention_for, build_model, count_params
@@ -224,9 +243,9 @@ class TrainingRun:
 
     def _restore(self) -> None:
         """Continue from the latest complete checkpoint; or, for a new CPT run, branch from the PT one."""
-        ckpts = C.ckpt_dirs(self.out_dir) if self.resume else []
-        if ckpts:
-            self._resume_from(ckpts[-1][1])
+        latest = C.load_latest(self.out_dir, self._same_config, main=self.rt.rank == 0) if self.resume else None
+        if latest is not None:
+            self._resume_from(latest[2])
         elif self.cfg["phase"] == "cpt":
             ini = self.cfg["init"]
             st = C.load_checkpoint(ini["checkpoint"])
@@ -237,14 +256,14 @@ class TrainingRun:
                 self.sampler.load_state_dict(st["sampler"], only=("general",))  # replay continues the PT stream
             self.tokens_at_start = int(st["tokens"])
 
-    def _resume_from(self, path: Path) -> None:
-        cmeta = read_json(path / C.CKPT_META, "checkpoint meta")
+    def _same_config(self, path: Path, cmeta: Mapping) -> None:
         if cmeta.get("config_hash") != self.chash:
             raise ConfigError(
                 f"run {self.run_id}: {self.out_dir} holds checkpoints of a different config (first difference: "
                 f"{first_diff(cmeta.get('config', {}), self.cfg)}); rerun with --no-resume to start over"
             )
-        st = C.load_checkpoint(path)
+
+    def _resume_from(self, st: Mapping) -> None:
         self.raw_model.load_state_dict(st["model"])
         self.opt.load_state_dict(st["optimizer"])
         self.sampler.load_state_dict(st["sampler"])
@@ -255,6 +274,19 @@ class TrainingRun:
         self.wall_prev = st["wall_time_s"]
         self.step_time = st.get("train_time_s", 0.0)
         self.resumed_from = st.get("resumed_from", []) + [st["step"]]
+        self._replay_rule()
+
+    def _replay_rule(self) -> None:
+        """Feed the divergence rule the evaluations in the restored logs (it is a pure function of them), so a
+        resumed run stops where an uninterrupted one would."""
+        by_step: dict[int, dict[str, float]] = {}
+        for r in self.curve_rows:
+            if r["split"] != "train":
+                by_step.setdefault(int(r["step"]), {})[r["split"]] = float(r["loss"])
+        means = train_means(self.tlog, sorted(by_step))
+        for g, losses in by_step.items():
+            self.rule.observe(g, {**losses, "train": means[g]} if g in means and g != self.offset else losses)
+            self.last_eval = g
 
     def _wrap(self) -> None:
         """The DDP wrapper and the (compiled) training loss."""
@@ -387,7 +419,29 @@ class TrainingRun:
             if train_loss is None:  # the initial evaluation: nothing trained yet, no outputs to keep
                 raise TrainingDiverged(f"run {self.run_id}: non-finite {what} at step {step}", step)
             self.diverged(step, what)
+        self._check_divergence(step, ev)
         self._emit("on_eval", step, lr, losses)
+
+    def _check_divergence(self, step: int, ev: Mapping[str, float]) -> None:
+        """The loss-based rule (train/divergence.py) on the validation losses and the mean train loss since the
+        previous evaluation; stops the run as diverged with the evidence."""
+        losses = dict(ev)
+        if step != self.offset:  # the PT init / CPT branch point has no train loss
+            mean = self._train_mean_since(self.last_eval)
+            if mean is not None:
+                losses["train"] = mean
+        self.last_eval = step
+        evidence = self.rule.observe(step, losses, final=step == self.offset + self.cfg["steps"])
+        if evidence is not None:
+            self.diverged(step, evidence["message"], divergence=evidence)
+
+    def _train_mean_since(self, prev: int | None) -> float | None:
+        chunk = []
+        for t, v in zip(reversed(self.tlog["step"]), reversed(self.tlog["train_loss"])):
+            if prev is not None and t <= prev:
+                break
+            chunk.append(v)
+        return sum(reversed(chunk)) / len(chunk) if chunk else None
 
     def _lr_before(self, g: int) -> float:
         """The LR of the update that led to global step ``g`` (NaN at step 0)."""
@@ -453,9 +507,9 @@ class TrainingRun:
         write_parquet(self.out_dir / "trainlog.parquet", pd.DataFrame(self.tlog).astype(TRAINLOG_TYPES))
         write_json(self.out_dir / "meta.json", self.meta(status, **extra))
 
-    def diverged(self, step: int, what: str) -> None:
+    def diverged(self, step: int, what: str, **evidence) -> None:
         self._emit("close")
-        self.write_outputs("diverged", diverged_at_step=step)
+        self.write_outputs("diverged", diverged_at_step=step, **evidence)
         raise TrainingDiverged(
             f"run {self.run_id}: diverged at step {step} ({what}); curve so far kept in {self.out_dir} "
             f"with status 'diverged' (try a lower schedule.peak_lr)",
@@ -489,14 +543,35 @@ class TrainingRun:
 
 
 def _vocab_size(cfg: Mapping, sources: list[tuple[str, str]]) -> int:
-    if "vocab_size" in cfg["model"]:
-        return int(cfg["model"]["vocab_size"])
+    """The model's vocabulary: model.vocab_size, else the token data's (meta.json), else the tokenizer's.
+    Every source that states one must agree (a token dir tokenized with another tokenizer would otherwise
+    train a model of the wrong size, or on the wrong ids); model.vocab_size may only pad the data's."""
+    stated: list[tuple[str, int]] = []  # (where, vocab size)
     for key, path in sources:
         meta = D.read_meta(D.split_dir(path, "train" if key.startswith("data") else "valid", key))
         if "vocab_size" in meta:
-            return int(meta["vocab_size"])
+            stated.append((f"key '{key}' ({path})", int(meta["vocab_size"])))
     if cfg.get("tokenizer"):
         from tokenizers import Tokenizer
 
-        return Tokenizer.from_file(cfg["tokenizer"]).get_vocab_size()
+        try:
+            n = Tokenizer.from_file(cfg["tokenizer"]).get_vocab_size()
+        except Exception as exc:  # noqa: BLE001 - the tokenizers library raises its own exception types
+            raise D.DataError(f"key 'tokenizer': cannot read {cfg['tokenizer']} ({exc})") from None
+        stated.append((f"key 'tokenizer' ({cfg['tokenizer']})", n))
+    if len({v for _, v in stated}) > 1:
+        raise D.DataError(
+            "vocabulary sizes disagree: " + ", ".join(f"{w}: {v}" for w, v in stated)
+            + " (data tokenized with another tokenizer? re-tokenize it with this one)"
+        )  # fmt: skip
+    data_vocab = stated[0][1] if stated else None
+    if "vocab_size" in cfg["model"]:
+        mine = int(cfg["model"]["vocab_size"])
+        if data_vocab is not None and mine < data_vocab:
+            raise ConfigError(
+                f"config: key 'model.vocab_size' = {mine}: smaller than the vocabulary of {stated[0][0]}: {data_vocab}"
+            )
+        return mine
+    if data_vocab is not None:
+        return data_vocab
     raise ConfigError("config: key 'model.vocab_size': unknown (no vocab_size in the data meta.json, no tokenizer)")
