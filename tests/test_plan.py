@@ -33,11 +33,10 @@ def cos(lr, warm=10):
     return {"kind": "cosine", "peak_lr": lr, "warmup_steps": warm, "final_lr": 0.1 * lr}
 
 
-def true_losses(p, role, r, lr, steps, transfer=T):
+def true_losses(p, role, r, lr, steps, transfer=T, pt=PT):
     """replay_flex (laws/replay.py) written out: (L at the transfer point, L at the end of CPT)."""
-    a = compute_areas(phase_lrs(PT, PT_STEPS, transfer, cos(lr), steps), 0.999, transfer, 30).at(
-        [transfer, transfer + steps]
-    )
+    lrs = phase_lrs(pt, PT_STEPS, transfer, cos(lr), steps)
+    a = compute_areas(lrs, 0.999, transfer, 30).at([transfer, transfer + steps])
     fr = 1.0 - r if role == "general" else r
     mix = math.expm1(p["a2"] * r) / math.expm1(p["a2"])
     L = (
@@ -144,6 +143,27 @@ def test_budget_finds_the_step_limit_and_best_lr():
     assert all(r["recipe"]["steps"] * TPS <= budget_steps * TPS for r in doc["runners_up"])
 
 
+def test_tolerance_finds_the_best_transfer_point_of_an_annealed_pt_run():
+    """From a WSD PT run a later branch (lower loss potential) gives a lower final domain loss but a larger
+    general rise over the transfer point: at r = 1 the eps constraint binds at an interior transfer step."""
+    wsd = {"kind": "wsd", "peak_lr": 2.0e-3, "warmup_steps": 30, "final_lr": 2.0e-4, "decay_fraction": 0.8}
+    ctx = Context(wsd, PT_STEPS, domain="code", tokens_per_step=TPS)
+    eps, lr = 0.05, 2.0e-3
+    rows = []
+    for t in range(50, PT_STEPS + 1):
+        g, d = true_losses(GEN, "general", 1.0, lr, 300, t, wsd), true_losses(DOM, "domain", 1.0, lr, 300, t, wsd)
+        rows.append((t, g[1] - g[0], d[1]))
+    ok = [r for r in rows if r[1] <= eps]
+    t_star = min(ok, key=lambda r: r[2])[0]
+    assert 150 < t_star < 500, t_star  # interior, inside the PT decay (from step 120): the test can fail
+    space = {**SPACE, "ratio": [1.0], "peak_lr": [lr], "transfer": list(range(50, 601, 110))}
+    rec = plan(docs(), Goal("tolerance", eps=eps), ctx, space)["recommendation"]
+    assert abs(rec["recipe"]["transfer"] - t_star) <= TOL_STEPS
+    assert rec["predicted"]["general"]["dL"] <= eps
+    assert rec["recipe"]["loss_potential"] == pytest.approx(ctx.pt_lrs[rec["recipe"]["transfer"] - 1] / 2.0e-3)
+    assert rec["recipe"]["loss_potential"] < 1.0
+
+
 def test_infeasible_eps_gives_a_message_not_a_recipe():
     space = {**SPACE, "ratio": [0.9, 1.0], "peak_lr": [2.0e-3, 4.0e-3]}
     lowest = min(true_dl(GEN, "general", r, lr, 300) for r in (0.9, 1.0) for lr in space["peak_lr"])
@@ -190,6 +210,27 @@ def test_cpt_law_has_no_ratio_dimension_and_goals_check_their_fits():
         plan(ds[1:], Goal("tolerance", eps=0.05), CTX, SPACE)
     with pytest.raises(InputError, match="both fits of the general loss"):
         plan([ds[0], ds[0]], Goal("balance"), CTX, SPACE)
+
+
+def test_coverage_and_pt_run_from_a_study_runs_table():
+    import json as _json
+
+    from cptlaws.plan.inputs import coverage, entries_from_runs_table
+
+    pt = {**PT, "name": "const"}
+    rows = [{"run_id": "pt", "phase": "pt", "parent": "", "steps": PT_STEPS, "ratio": 0.0, "transfer_step": 0,
+             "schedule_json": _json.dumps(pt), "cpt_schedule_json": "", "batch_size": 16, "seq_len": 128}]  # fmt: skip
+    for r, lr, t in ((0.25, 2.0e-3, 300), (1.0, 1.0e-3, 150)):
+        rows.append({"run_id": f"c{r}", "phase": "cpt", "parent": "pt", "steps": 300, "ratio": r, "transfer_step": t,
+                     "schedule_json": _json.dumps(pt), "cpt_schedule_json": _json.dumps({**cos(lr), "name": "cos"}),
+                     "batch_size": 16, "seq_len": 128})  # fmt: skip
+    entries, consts = entries_from_runs_table(pd.DataFrame(rows))
+    assert consts == {"tokens_per_step": 2048} and set(entries) == {"c0.25", "c1.0"}
+    assert entries["c1.0"]["pt_steps"] == PT_STEPS and entries["c1.0"]["transfer"] == 150
+    cov = coverage([{"fit_runs": ["pt", "c0.25", "c1.0"]}], entries)
+    assert cov["ratio"] == {"min": 0.25, "max": 1.0, "values": [0.25, 1.0]}
+    assert cov["peak_lr"]["values"] == [1.0e-3, 2.0e-3] and cov["transfer"]["values"] == [150, 300]
+    assert cov["final_lr_frac"]["values"] == [0.1] and cov["kind"] == {"values": ["cosine"]}
 
 
 # ------------------------------------------------------------------------------------------------ CLI

@@ -32,16 +32,18 @@ def _context(args, docs, entries):
         spec, steps = yaml.safe_load(args.pt_schedule), args.pt_steps
     else:
         if not entries:
-            raise UsageError("give the PT run: --pt-schedule SPEC --pt-steps N, or --schedules with the fit's runs")
+            raise UsageError(
+                "give the PT run: --pt-schedule SPEC --pt-steps N, or the fit's runs (--schedules or --tables)"
+            )
         fit_runs = {r for d in docs for r in d.get("fit_runs", [])}
         cpt = {n: e for n, e in entries.items() if "transfer" in e and (not fit_runs or n in fit_runs)}
         if args.pt_run:
             if args.pt_run not in cpt:
-                raise UsageError(f"--pt-run {args.pt_run!r}: not a CPT run of {args.schedules} (runs: {sorted(cpt)})")
+                raise UsageError(f"--pt-run {args.pt_run!r}: not a CPT run of the fit (runs: {sorted(cpt)})")
             cpt = {args.pt_run: cpt[args.pt_run]}
         pts = {repr((e["pt_schedule"], int(e["pt_steps"]))): (n, e) for n, e in cpt.items()}
         if not pts:
-            raise UsageError(f"{args.schedules}: no CPT run (an entry with 'transfer') to take the PT run from")
+            raise UsageError("the fit's runs include no CPT run to take the PT run from")
         if len(pts) > 1:
             names = sorted(n for n, _ in pts.values())
             raise UsageError(
@@ -51,8 +53,9 @@ def _context(args, docs, entries):
         spec, steps = e["pt_schedule"], int(e["pt_steps"])
     if not isinstance(spec, dict):
         raise UsageError(f"--pt-schedule: expected a mapping (JSON or YAML), got {spec!r}")
+    name = args.pt_name or spec.get("name") or "pt"
     return Context(
-        spec, steps, pt_name=args.pt_name, domain=domain, tokens_per_step=args.tokens_per_step, n_params=args.n_params
+        spec, steps, pt_name=name, domain=domain, tokens_per_step=args.tokens_per_step, n_params=args.n_params
     )
 
 
@@ -66,13 +69,22 @@ def cmd_plan(args) -> int:
         raise UsageError(f"{args.figure}: --figure must end in .png, .pdf or .svg")
     if not 0.0 < args.level < 1.0:
         raise UsageError(f"--level {args.level:g} must be in (0, 1)")
+    if args.schedules and args.tables:
+        raise UsageError("give at most one of --schedules and --tables")
     docs = [read_json(p, "fit JSON") for p in args.fits]
     entries = load_schedules(args.schedules) if args.schedules else None
+    if args.tables:
+        from cptlaws.io import read_table
+        from cptlaws.plan.inputs import entries_from_runs_table
+
+        entries, consts = entries_from_runs_table(read_table(Path(args.tables) / "runs.parquet", what="runs table"))
+        if args.tokens_per_step is None:
+            args.tokens_per_step = consts.get("tokens_per_step")
     goal = Goal(args.goal, args.lam_general, args.lam_domain, args.eps, args.tokens, args.tokens_per_step)
     given = {d: parse_values(d, getattr(args, d)) for d in SPACE_OPTS if getattr(args, d) is not None}
     ctx = _context(args, docs, entries)
     doc = plan(docs, goal, ctx, given, entries, level=args.level, top=args.top, names=args.fits)
-    doc["inputs"] = {"fits": [str(p) for p in args.fits], "schedules": args.schedules}
+    doc["inputs"] = {"fits": [str(p) for p in args.fits], "schedules": args.schedules, "tables": args.tables}
     write_json(args.out, doc)
     if args.figure:
         from cptlaws.plots.fig_plan import write_plan_figure
@@ -94,6 +106,11 @@ def _print(doc: dict, args) -> None:
         iv = p["interval"]
         band = f" [{iv['L_end'][0]:.4f}, {iv['L_end'][1]:.4f}]" if iv and iv["L_end"] else ""
         print(f"  {role}: L {p['L_T']:.4f} -> {p['L_end']:.4f}{band} (dL {p['dL']:+.4f})")
+    for role, f in doc["fits"].items():
+        if f["n_bootstrap"] and f["n_distinct_bootstrap"] < 2:
+            print(
+                f"  warning: the {role} fit's {f['n_bootstrap']} bootstrap draws are identical: its interval is no uncertainty"
+            )
     print(f"  goal value {rec['goal_value']:.5g}; {doc['n_feasible']}/{doc['n_candidates']} grid recipes feasible")
     for e in rec["extrapolation"]:
         print(f"  extrapolation: {e['dim']} = {e['value']} outside the fit's runs {e['covered']}")
@@ -119,10 +136,11 @@ def register(sub) -> None:
     p.add_argument("--tokens", type=float, help="CPT token budget (steps x tokens/step <= tokens)")
     p.add_argument("--tokens-per-step", type=int, help="batch size x sequence length")
     p.add_argument("--schedules", help="schedules YAML of the fit's runs: PT run and coverage (docs/fitting.md)")
+    p.add_argument("--tables", help="a study's results/tables (runs.parquet): the fit's runs, PT run and coverage")
     p.add_argument("--pt-schedule", help="PT schedule spec (JSON/YAML mapping), instead of --schedules")
     p.add_argument("--pt-steps", type=int, help="PT run length, with --pt-schedule")
     p.add_argument("--pt-run", help="take the PT run from this CPT run of --schedules")
-    p.add_argument("--pt-name", default="pt", help="PT schedule name in the recipe's run spec (default pt)")
+    p.add_argument("--pt-name", help="PT schedule name in the recipe's run spec (default: its name, else pt)")
     p.add_argument("--domain", help="domain name in the run spec (default: the domain fit's split)")
     p.add_argument("--n-params", type=float, help="non-embedding parameters (millions), for the size law")
     for dim, help_ in SPACE_OPTS.items():

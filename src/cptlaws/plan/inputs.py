@@ -68,3 +68,30 @@ def coverage(docs: Sequence[Mapping], entries: Mapping | None = None) -> dict | 
                 cur["min"] = min(cur.get("min", v["min"]), v["min"])
                 cur["max"] = max(cur.get("max", v["max"]), v["max"])
     return out
+
+
+def entries_from_runs_table(runs) -> tuple[dict, dict]:
+    """Schedules-YAML-like entries of the CPT runs of a study's ``runs.parquet`` (docs/design.md), and
+    the run constants they share (``tokens_per_step`` when every run has the same batch x sequence)."""
+    import json
+
+    rows = {str(r["run_id"]): r for r in runs.to_dict("records")}
+    entries = {}
+    for rid, r in rows.items():
+        if r.get("phase") != "cpt":
+            continue
+        parent = rows.get(str(r.get("parent")))
+        if parent is None:
+            raise InputError(f"runs table: CPT run '{rid}' has no PT run '{r.get('parent')}' in the table")
+        entries[rid] = {
+            "pt_schedule": json.loads(r["schedule_json"]),
+            "pt_steps": int(parent["steps"]),
+            "transfer": int(r["transfer_step"]),
+            "schedule": json.loads(r["cpt_schedule_json"]),
+            "steps": int(r["steps"]),
+            "ratio": float(r["ratio"]),
+        }
+    if not entries:
+        raise InputError("runs table: no CPT run")
+    tps = {int(r["batch_size"]) * int(r["seq_len"]) for r in rows.values() if "batch_size" in r and "seq_len" in r}
+    return entries, ({"tokens_per_step": tps.pop()} if len(tps) == 1 else {})

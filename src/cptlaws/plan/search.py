@@ -2,8 +2,8 @@
 
 1. Every grid recipe (``Space.candidates``) is evaluated with the point fits; infeasible ones (the goal's
    constraints) are dropped; none left -> the goal's InputError.
-2. Refinement: ``rounds`` times, a 9-point grid per refined dimension (ratio, peak LR on a log scale, steps)
-   between the best's neighbours, the other dimensions held at the best.
+2. Refinement: ``rounds`` times, a 9-point grid per refined dimension (ratio, peak LR on a log scale, steps,
+   transfer step) between the best's neighbours, the other dimensions held at the best.
 3. The recommendation and the ``top`` best distinct grid recipes get intervals from the fits' bootstrap
    parameters, when the fits have them (``level``, default 90 %).
 """
@@ -39,7 +39,7 @@ def _local(dim: str, v: float, lo: float, hi: float) -> list:
         pts = np.geomspace(lo, hi, REFINE_POINTS)
     else:
         pts = np.linspace(lo, hi, REFINE_POINTS)
-    if dim == "steps":
+    if dim in ("steps", "transfer"):
         return sorted({int(round(x)) for x in pts} | {int(v)})
     return sorted(set(pts.tolist()) | {float(v)})
 
@@ -149,6 +149,16 @@ def _finite(a) -> list:
     return [float(x) if math.isfinite(x) else None for x in np.asarray(a, float)]
 
 
+def _fit_summary(f) -> dict:
+    """Law, split, lambda and the bootstrap behind the intervals (identical draws give a zero-width interval
+    that is no uncertainty estimate: ``n_distinct_bootstrap`` says so)."""
+    distinct = {tuple(sorted(bp.items())) for bp in f.bootstrap_params}
+    return {
+        "law": f.law, "split": f.split, "lam": f.lam,
+        "n_bootstrap": len(f.bootstrap_params), "n_distinct_bootstrap": len(distinct),
+    }  # fmt: skip
+
+
 def search(fits: dict, goal: Goal, space: Space, ctx: Context, level: float = 0.9, top: int = 5, rounds: int = 3):
     """The plan document (docs/plan.md, "Output") for ``goal`` over ``space``."""
     pred = Predictor(fits, ctx)
@@ -175,5 +185,5 @@ def search(fits: dict, goal: Goal, space: Space, ctx: Context, level: float = 0.
             "feasible": ok.tolist(),
         },
         "slices": _slices(pred, goal, space, best),
-        "fits": {role: {"law": f.law, "split": f.split, "lam": f.lam} for role, f in fits.items()},
+        "fits": {role: _fit_summary(f) for role, f in fits.items()},
     }

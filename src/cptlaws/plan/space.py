@@ -23,7 +23,7 @@ from cptlaws.schedules import KINDS, decay_start_step, lr_array, validate
 DIMS = ("ratio", "peak_lr", "kind", "warmup_steps", "decay_fraction", "final_lr_frac", "steps", "transfer")
 NUMERIC = tuple(d for d in DIMS if d != "kind")
 INTEGER = ("warmup_steps", "steps", "transfer")
-REFINED = ("ratio", "peak_lr", "steps")  # refined between grid points around the best
+REFINED = ("ratio", "peak_lr", "steps", "transfer")  # refined between grid points around the best
 SHAPE_DEFAULTS = {"warmup_steps": 0, "decay_fraction": 0.2, "final_lr_frac": 0.1}
 DEFAULT_POINTS = {"ratio": 11, "peak_lr": 7, "steps": 7, "transfer": 5}
 
@@ -42,7 +42,7 @@ class Recipe(NamedTuple):
         """The CPT schedule spec (schedules.py grammar) of this recipe."""
         spec = {"kind": self.kind, "peak_lr": float(self.peak_lr), "warmup_steps": int(self.warmup_steps)}
         if self.final_lr_frac is not None:
-            spec["final_lr"] = float(self.peak_lr * self.final_lr_frac)
+            spec["final_lr"] = float(f"{self.peak_lr * self.final_lr_frac:.12g}")
         if self.decay_fraction is not None:
             spec["decay_fraction"] = float(self.decay_fraction)
         return spec
@@ -179,7 +179,7 @@ def coverage_from_values(vals: Mapping[str, list]) -> dict:
         if d == "kind":
             out[d] = {"values": sorted(set(v))}
         else:
-            u = sorted({float(x) for x in v})
+            u = _cast(d, v)
             out[d] = {"min": u[0], "max": u[-1], "values": u}
     return out
 
@@ -209,7 +209,7 @@ def parse_values(dim: str, text: str) -> list:
 def _cast(dim: str, vals) -> list:
     if dim in INTEGER:
         return sorted({int(round(v)) for v in vals})
-    return sorted({float(v) for v in vals})
+    return sorted({float(f"{float(v):.12g}") for v in vals})  # 0.925, not 0.9249999999999999
 
 
 def _grid(dim: str, lo: float, hi: float, n: int) -> list:

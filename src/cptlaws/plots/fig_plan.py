@@ -49,12 +49,13 @@ def _panel_front(ax, doc: dict, colors) -> None:
             color=colors[1],
         )
     g, d = rec["general"], rec["domain"]
-    xerr = yerr = None
-    if g.get("interval") and g["interval"]["L_end"]:
-        xerr = [[g["L_end"] - g["interval"]["L_end"][0]], [g["interval"]["L_end"][1] - g["L_end"]]]
-    if d.get("interval") and d["interval"]["L_end"]:
-        yerr = [[d["L_end"] - d["interval"]["L_end"][0]], [d["interval"]["L_end"][1] - d["L_end"]]]
-    ax.errorbar(g["L_end"], d["L_end"], xerr=xerr, yerr=yerr, fmt="*", ms=10, color=colors[2], label="recommended")
+    # the bootstrap interval need not contain the point fit (a poorly identified fit): drawn as lines
+    for p, horizontal in ((g, True), (d, False)):
+        iv = (p.get("interval") or {}).get("L_end")
+        if iv:
+            xs, ys = (iv, [d["L_end"]] * 2) if horizontal else ([g["L_end"]] * 2, iv)
+            ax.plot(xs, ys, color=colors[2], lw=1.0)
+    ax.plot(g["L_end"], d["L_end"], "*", ms=10, color=colors[2], label="recommended")
     if doc["goal"].get("eps") is not None:
         ax.axvline(g["L_T"] + doc["goal"]["eps"], color="0.4", ls=":", lw=0.8, label="general tolerance")
     ax.set_xlabel("final general loss")
