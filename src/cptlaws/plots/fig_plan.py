@@ -35,7 +35,7 @@ def _panel_front(ax, doc: dict, colors) -> None:
         return
     x, y, ok = _arr(grid["L_general"]), _arr(grid["L_domain"]), np.array(grid["feasible"], bool)
     ax.scatter(x[~ok], y[~ok], s=4, color="0.8", lw=0, label="infeasible", rasterized=True)
-    ax.scatter(x[ok], y[ok], s=4, color=colors[0], alpha=0.5, lw=0, label="searched", rasterized=True)
+    ax.scatter(x[ok], y[ok], s=4, color=colors[0], alpha=0.5, lw=0, label="feasible", rasterized=True)
     fin = np.isfinite(x) & np.isfinite(y)
     fx, fy = _front(x[fin], y[fin])
     ax.plot(fx, fy, color="k", lw=1.0, label="front")
@@ -57,10 +57,10 @@ def _panel_front(ax, doc: dict, colors) -> None:
             ax.plot(xs, ys, color=colors[2], lw=1.0)
     ax.plot(g["L_end"], d["L_end"], "*", ms=10, color=colors[2], label="recommended")
     if doc["goal"].get("eps") is not None:
-        ax.axvline(g["L_T"] + doc["goal"]["eps"], color="0.4", ls=":", lw=0.8, label="general tolerance")
+        ax.axvline(g["L_T"] + doc["goal"]["eps"], color="0.4", ls=":", lw=0.8, label="PT loss + eps (its T)")
     ax.set_xlabel("final general loss")
     ax.set_ylabel("final domain loss")
-    ax.legend(fontsize="x-small", loc="upper right")
+    ax.legend(fontsize="x-small", loc="best", framealpha=0.8)
 
 
 def _panel_slice(ax, doc: dict, dim: str, colors) -> None:
