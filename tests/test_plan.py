@@ -206,6 +206,8 @@ def test_cpt_law_has_no_ratio_dimension_and_goals_check_their_fits():
     doc = plan(ds, Goal("balance"), CTX, {**SPACE, "ratio": None})
     assert "ratio" not in doc["space"]["law_dims"] and doc["recommendation"]["recipe"]["ratio"] == 1.0
     assert "ratio" not in doc["slices"] and "peak_lr" in doc["slices"]
+    with pytest.raises(UsageError, match="no ratio term"):
+        plan(ds, Goal("balance"), CTX, SPACE)
     with pytest.raises(InputError, match="needs a fit of the general loss"):
         plan(ds[1:], Goal("tolerance", eps=0.05), CTX, SPACE)
     with pytest.raises(InputError, match="both fits of the general loss"):
@@ -337,3 +339,21 @@ def test_plan_parser_imports_no_heavy_library():
     )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert p.stdout.strip() == "[]", p.stdout
+
+
+def test_cli_budget_from_the_domain_fit_alone_with_explicit_pt_run_and_bounds(fitted, capsys):
+    out = fitted / "budget.json"
+    base = [
+        "plan", str(fitted / "code.json"), "--goal", "budget", "--tokens", str(237 * TPS), "--tokens-per-step",
+        str(TPS), "--pt-schedule", json.dumps(PT), "--pt-steps", str(PT_STEPS), "--ratio", "0.25:1:4",
+        "--peak-lr", "2.0e-3", "--kind", "cosine", "--warmup-steps", "10", "--steps", "100:500:5", "--out", str(out),
+    ]  # fmt: skip
+    # no schedules / tables: no coverage, so every dimension the law sees needs bounds
+    assert main(base) == 2 and not out.exists()
+    assert "no bounds for 'transfer'" in capsys.readouterr().err
+    assert main([*base, "--transfer", str(T)]) == 0
+    doc = json.loads(out.read_text())
+    rec = doc["recommendation"]
+    assert doc["space"]["coverage"] is None and rec["extrapolation"] == []
+    assert set(rec["predicted"]) == {"domain"} and rec["run_spec"]["pt"]["schedules"]["pt"]["kind"] == "constant"
+    assert 237 - TOL_STEPS <= rec["recipe"]["steps"] <= 237 and rec["recipe"]["ratio"] == 1.0

@@ -36,6 +36,8 @@ def plan(
     from cptlaws.plan.search import search
 
     fits = fits_by_role(fit_docs, names)
+    if ctx.n_params is None and any(f.law == "size" for f in fits.values()):
+        raise InputError("the size law (Eq. 7) needs the model size: give n_params (--n-params, millions)")
     missing = [r for r in goal.roles() if r not in fits]
     if missing:
         raise InputError(

@@ -229,6 +229,11 @@ def build_space(coverage: dict | None, given: Mapping[str, list], law_dims, fixe
     LR, steps and transfer; its values for the kind and shape), else a shape default; a dimension the law
     depends on with neither given values nor coverage is an error."""
     values, defaults = {}, []
+    if "ratio" not in law_dims and len(given.get("ratio") or []) > 1:
+        raise UsageError(
+            "--ratio: the fitted law has no ratio term (only the replay laws do): give one value (the recipe's "
+            "ratio) or plan from replay-law fits"
+        )
     for d in DIMS:
         cov = (coverage or {}).get(d)
         if d in given and given[d]:
