@@ -357,3 +357,29 @@ def test_cli_budget_from_the_domain_fit_alone_with_explicit_pt_run_and_bounds(fi
     assert doc["space"]["coverage"] is None and rec["extrapolation"] == []
     assert set(rec["predicted"]) == {"domain"} and rec["run_spec"]["pt"]["schedules"]["pt"]["kind"] == "constant"
     assert 237 - TOL_STEPS <= rec["recipe"]["steps"] <= 237 and rec["recipe"]["ratio"] == 1.0
+
+
+@pytest.mark.parametrize("law", ["replay_flex", "cpt"])
+def test_batched_predictions_equal_the_fits_own_per_curve_predictions(law):
+    from cptlaws.plan.predict import Predictor
+    from cptlaws.plan.space import Recipe
+
+    keys = ("L0", "A", "alpha", "C1", "C2", "B", "E", "beta") + (("a1", "a2") if law != "cpt" else ())
+    fits = {
+        role: FitResult.from_dict(d)
+        for role, d in zip(("general", "domain"), docs({k: GEN[k] for k in keys}, {k: DOM[k] for k in keys}, law))
+    }
+    recipes = [
+        Recipe(r, lr, kind, 10, 0.25 if kind == "wsd" else None, None if kind == "constant" else 0.1, steps, t)
+        for r in (0.0, 0.5, 1.0) for lr in (1e-3, 3e-3) for kind in ("constant", "wsd")
+        for steps, t in ((100, 300), (250, 600))
+    ]  # fmt: skip
+    pred = Predictor(fits, Context(PT, PT_STEPS, domain="code"))
+    got = pred.point(recipes)
+    for role, fit in fits.items():
+        ref = np.array(fit.predict_arrays(pred.curves(recipes, fit.split)))
+        np.testing.assert_allclose(got[role]["L_T"], ref[:, 0], rtol=1e-12)
+        np.testing.assert_allclose(got[role]["L_end"], ref[:, 1], rtol=1e-12)
+    # and the exact PT + CPT history of schedules.phase_lrs
+    r = recipes[5]
+    np.testing.assert_array_equal(pred.history(r), phase_lrs(PT, PT_STEPS, r.transfer, r.cpt_schedule(), r.steps))

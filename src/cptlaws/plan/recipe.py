@@ -7,7 +7,7 @@ from cptlaws.plan.space import Context, Recipe
 
 def flat(r: Recipe, ctx: Context) -> dict:
     """The recipe's values, plus the loss potential and CPT tokens they imply."""
-    d = {k: v for k, v in r._asdict().items() if v is not None}
+    d = {k: _round(v) for k, v in r._asdict().items() if v is not None}
     d["loss_potential"] = ctx.loss_potential(r.transfer)
     if ctx.tokens_per_step:
         d["tokens"] = int(r.steps * ctx.tokens_per_step)
@@ -24,7 +24,7 @@ def run_spec(r: Recipe, ctx: Context, name: str = "plan") -> dict:
             "grids": [
                 {
                     "domain": [ctx.domain],
-                    "ratio": [float(r.ratio)],
+                    "ratio": [_round(float(r.ratio))],
                     "cpt_schedule": [name],
                     "pt_schedule": [ctx.pt_name],
                     "transfer_step": [int(r.transfer)],
@@ -32,6 +32,11 @@ def run_spec(r: Recipe, ctx: Context, name: str = "plan") -> dict:
             ],
         },
     }
+
+
+def _round(v):
+    """12 significant digits for floats (0.503515625, not 0.5035156250000001)."""
+    return float(f"{v:.12g}") if isinstance(v, float) else v
 
 
 def _clean(spec: dict) -> dict:

@@ -2,8 +2,9 @@
 
 1. Every grid recipe (``Space.candidates``) is evaluated with the point fits; infeasible ones (the goal's
    constraints) are dropped; none left -> the goal's InputError.
-2. Refinement: ``rounds`` times, a 9-point grid per refined dimension (ratio, peak LR on a log scale, steps,
-   transfer step) between the best's neighbours, the other dimensions held at the best.
+2. Refinement: ``rounds`` (4) times, a grid between the best's neighbours on every refined dimension (9
+   points of ratio; 5 of peak LR on a log scale, steps and transfer step, which each need their own LR
+   history), the other dimensions held at the best: each round shrinks the bracket 4x (ratio) or 2x.
 3. The recommendation and the ``top`` best distinct grid recipes get intervals from the fits' bootstrap
    parameters, when the fits have them (``level``, default 90 %).
 """
@@ -20,7 +21,8 @@ from cptlaws.plan.predict import Predictor, interval
 from cptlaws.plan.recipe import flat, run_spec
 from cptlaws.plan.space import REFINED, Context, Recipe, Space
 
-REFINE_POINTS = 9
+REFINE_POINTS = 9  # per refinement round, ratio (shares the LR history: cheap)
+HISTORY_POINTS = 5  # per round, LR / steps / transfer (each point a new LR history)
 SLICE_POINTS = 41
 
 
@@ -35,10 +37,8 @@ def _best(values, ok) -> int:
 
 
 def _local(dim: str, v: float, lo: float, hi: float) -> list:
-    if dim == "peak_lr":
-        pts = np.geomspace(lo, hi, REFINE_POINTS)
-    else:
-        pts = np.linspace(lo, hi, REFINE_POINTS)
+    n = REFINE_POINTS if dim == "ratio" else HISTORY_POINTS
+    pts = np.geomspace(lo, hi, n) if dim == "peak_lr" else np.linspace(lo, hi, n)
     if dim in ("steps", "transfer"):
         return sorted({int(round(x)) for x in pts} | {int(v)})
     return sorted(set(pts.tolist()) | {float(v)})
@@ -50,7 +50,7 @@ def _neighbours(grid: list, v: float) -> tuple[float, float]:
     return g[max(j - 1, 0)], g[min(j + 1, len(g) - 1)]
 
 
-def refine(pred: Predictor, goal: Goal, space: Space, best: Recipe, rounds: int = 3) -> Recipe:
+def refine(pred: Predictor, goal: Goal, space: Space, best: Recipe, rounds: int = 4) -> Recipe:
     """Zoom on the continuous dimensions around ``best`` (within the searched range)."""
     dims = [d for d in REFINED if d in space.law_dims and len(space.values[d]) > 1]
     grids = {d: list(space.values[d]) for d in dims}
@@ -159,7 +159,7 @@ def _fit_summary(f) -> dict:
     }  # fmt: skip
 
 
-def search(fits: dict, goal: Goal, space: Space, ctx: Context, level: float = 0.9, top: int = 5, rounds: int = 3):
+def search(fits: dict, goal: Goal, space: Space, ctx: Context, level: float = 0.9, top: int = 5, rounds: int = 4):
     """The plan document (docs/plan.md, "Output") for ``goal`` over ``space``."""
     pred = Predictor(fits, ctx)
     grid = space.candidates()

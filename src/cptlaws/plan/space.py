@@ -40,7 +40,7 @@ class Recipe(NamedTuple):
 
     def cpt_schedule(self) -> dict:
         """The CPT schedule spec (schedules.py grammar) of this recipe."""
-        spec = {"kind": self.kind, "peak_lr": float(self.peak_lr), "warmup_steps": int(self.warmup_steps)}
+        spec = {"kind": self.kind, "peak_lr": float(f"{self.peak_lr:.12g}"), "warmup_steps": int(self.warmup_steps)}
         if self.final_lr_frac is not None:
             spec["final_lr"] = float(f"{self.peak_lr * self.final_lr_frac:.12g}")
         if self.decay_fraction is not None:
