@@ -300,3 +300,17 @@ def test_recommended_lra2_invocation_round_trips(tmp_path, inputs):
     df = pd.read_parquet(preds)
     ref = df[(df.run_id == "wsd") & (df.step == 2000)]["pred"].item()
     assert pd.read_parquet(same)["pred"].item() == pytest.approx(ref, rel=1e-12)
+
+
+def test_split_and_fit_runs_together(tmp_path, inputs):
+    """--split with --fit-runs: the row mask is combined, not updated in place (pandas 3 arrays are read-only)."""
+    curves, sched, _ = inputs
+    df = pd.read_csv(curves)
+    two = pd.concat([df.assign(split="general"), df.assign(split="code", loss=df["loss"] + 0.5)])
+    both = tmp_path / "split.csv"
+    two.to_csv(both, index=False)
+    out = tmp_path / "fit.json"
+    args = ["fit", str(both), "--schedules", str(sched), "--law", "lra", "--split", "code"]
+    assert main(args + ["--fit-runs", "cos,const", "--starts", "20", "--out", str(out)]) == 0
+    fit = json.loads(out.read_text())
+    assert fit["params"]["L0"] == pytest.approx(TRUE[0] + 0.5, abs=0.1)

@@ -13,7 +13,7 @@ import sys
 
 from cptlaws.errors import CptlawsError
 
-GROUPS = ("fit", "cmr", "data", "train", "export", "study", "plot")
+GROUPS = ("fit", "cmr", "plan", "data", "train", "export", "study", "plot")
 
 
 def build_parser() -> argparse.ArgumentParser:

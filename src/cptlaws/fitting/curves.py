@@ -251,7 +251,7 @@ def _selected_rows(df: pd.DataFrame, rc: str, path, split: str | None, runs) -> 
         missing = sorted(set(runs) - set(names[keep]))
         if missing:
             raise InputError(f"{path}: run(s) {missing} not found (runs: {sorted(set(names))})")
-        keep &= np.isin(names, list(runs))
+        keep = keep & np.isin(names, list(runs))  # pandas 3 hands out read-only arrays
     return keep, names
 
 
