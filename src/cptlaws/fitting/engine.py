@@ -5,12 +5,13 @@ are fitted in log space. The first ``n_starts`` points of a seeded, scrambled So
 law's start box are screened in one vectorised evaluation; L-BFGS-B with bounds and exact gradients
 then runs from every start that ranks among the ``n_refine`` best of the starts drawn up to it (the
 ``n_refine`` best overall included; about n_refine * (1 + ln(n_starts / n_refine)) starts: 27 of 500
-and 37 of 8,000 at the default n_refine = 4) and the lowest objective wins. Fewer starts are a prefix of more and each start's pick depends only on the
-starts before it, so at a fixed lambda and seed (and no law warm starts, which come from a nested fit
-with n_starts // 2) the best objective never rises with ``n_starts``. lambda is fixed (0.999) or fitted by an outer 1-D search (grid over
-0.99..0.9997, then golden-section refinement). Bootstrap over curves gives parameter intervals and
-prediction bands. Internally the objective is divided by delta^2 so L-BFGS-B's stopping tolerances
-act on O(1) numbers (a tiny summed objective would stop it early).
+and 37 of 8,000 at the default n_refine = 4) and the lowest objective wins. Fewer starts are a prefix
+of more and each start's pick depends only on the starts before it, so at a fixed lambda and seed (and
+no law warm starts, which come from a nested fit with n_starts // 2) the best objective never rises
+with ``n_starts``. lambda is fixed (0.999) or fitted by an outer 1-D search (grid over 0.99..0.9997,
+then golden-section refinement). Bootstrap over curves gives parameter intervals and prediction bands.
+Internally the objective is divided by delta^2 so L-BFGS-B's stopping tolerances act on O(1) numbers
+(a tiny summed objective would stop it early).
 """
 
 from __future__ import annotations
