@@ -65,6 +65,18 @@ def preflight(
     which is sacct when the binary exists).
     """
     rep = PreflightReport()
+    _check_clients(rep)
+    _check_partitions(rep, partitions, timeout)
+    _check_status_command(rep, status_command, timeout)
+    if accounts:
+        _check_accounts(rep, accounts, timeout)
+    if rep.problems:
+        raise ClusterError(_format(rep))
+    return rep
+
+
+def _check_clients(rep: PreflightReport) -> None:
+    """The SLURM client commands are on PATH (else raise at once: nothing else can be checked)."""
     missing = [b for b in ("sbatch", "sinfo", "squeue", "scancel") if shutil.which(b) is None]
     if missing:
         rep.problems.append(
@@ -73,6 +85,9 @@ def preflight(
         )
         raise ClusterError(_format(rep))
 
+
+def _check_partitions(rep: PreflightReport, partitions, timeout: float) -> None:
+    """The controller answers `sinfo` (else raise at once) and lists the requested partitions, up."""
     rc, out, err = _run(["sinfo", "-h", "-o", "%P|%a|%D|%T|%G"], timeout)
     if rc != 0:
         rep.problems.append(
@@ -94,6 +109,9 @@ def preflight(
         elif known[part][1] != "up":
             rep.problems.append(f"partition {part!r} is {known[part][1]}, not up.")
 
+
+def _check_status_command(rep: PreflightReport, status_command: str | None, timeout: float) -> None:
+    """The command the executor plugin polls with works: sacct answers, or squeue keeps finished jobs long enough."""
     effective = status_command or ("sacct" if shutil.which("sacct") else "squeue")
     if effective == "sacct":
         if shutil.which("sacct") is None:
@@ -101,17 +119,17 @@ def preflight(
                 "slurm-status-command is 'sacct' but sacct is not installed here; set "
                 "`slurm-status-command: squeue` in the profile."
             )
+            return
+        rc, out, err = _run(["sacct", "-n", "-X", "-P", "-S", "now-1hours", "-o", "JobIDRaw,State"], timeout)
+        if rc != 0:
+            rep.problems.append(
+                f"`sacct` fails ({_one_line(err or out)}): job accounting (slurmdbd) is not usable, so the "
+                "executor plugin could never see jobs finish and Snakemake would wait forever. Set "
+                "`slurm-status-command: squeue` in the profile (needs MinJobAge >= "
+                f"{MIN_JOB_AGE_FOR_SQUEUE} s) or fix accounting."
+            )
         else:
-            rc, out, err = _run(["sacct", "-n", "-X", "-P", "-S", "now-1hours", "-o", "JobIDRaw,State"], timeout)
-            if rc != 0:
-                rep.problems.append(
-                    f"`sacct` fails ({_one_line(err or out)}): job accounting (slurmdbd) is not usable, so the "
-                    "executor plugin could never see jobs finish and Snakemake would wait forever. Set "
-                    "`slurm-status-command: squeue` in the profile (needs MinJobAge >= "
-                    f"{MIN_JOB_AGE_FOR_SQUEUE} s) or fix accounting."
-                )
-            else:
-                rep.info.append("status command: sacct (accounting answers)")
+            rep.info.append("status command: sacct (accounting answers)")
     elif effective == "squeue":
         rc, out, err = _run(["scontrol", "show", "config"], timeout)
         m = re.search(r"^MinJobAge\s*=\s*(\d+)", out, re.M) if rc == 0 else None
@@ -124,20 +142,19 @@ def preflight(
     else:
         rep.problems.append(f"unknown slurm-status-command {status_command!r} (use 'sacct' or 'squeue').")
 
-    if accounts:
-        user = getpass.getuser()
-        rc, out, err = _run(["sacctmgr", "-n", "-P", "show", "assoc", f"user={user}", "format=account"], timeout)
-        # No answer from sacctmgr (no accounting DB): nothing to check against; sbatch will judge.
-        mine = {a.strip().lower() for a in out.split()} if rc == 0 else set()
-        for account in accounts:
-            if mine and account.lower() not in mine:
-                rep.problems.append(
-                    f"account {account!r} (slurm_account in the profile's resources) is not one of user "
-                    f"{user}'s accounts: {', '.join(sorted(mine))}."
-                )
-    if rep.problems:
-        raise ClusterError(_format(rep))
-    return rep
+
+def _check_accounts(rep: PreflightReport, accounts, timeout: float) -> None:
+    """Each requested account is one of the user's (when sacctmgr answers; otherwise sbatch will judge)."""
+    user = getpass.getuser()
+    rc, out, err = _run(["sacctmgr", "-n", "-P", "show", "assoc", f"user={user}", "format=account"], timeout)
+    # No answer from sacctmgr (no accounting DB): nothing to check against; sbatch will judge.
+    mine = {a.strip().lower() for a in out.split()} if rc == 0 else set()
+    for account in accounts:
+        if mine and account.lower() not in mine:
+            rep.problems.append(
+                f"account {account!r} (slurm_account in the profile's resources) is not one of user "
+                f"{user}'s accounts: {', '.join(sorted(mine))}."
+            )
 
 
 def _format(rep: PreflightReport) -> str:
