@@ -47,7 +47,7 @@ def _size_check(cfg):
     "edit, message",
     [
         (_set("fits.replay.law", "replay_flexx"),
-         r"config key 'fits.replay.law': unknown law 'replay_flexx' \(known: cpt, lra, .*replay_flex, "),
+         r"config key 'fits.replay.law': unknown law 'replay_flexx' \(known: cpt, .*replay_flex, "),
         (_set("models.tiny", {"preset": "tinyy"}),
          r"config key 'models.tiny': .*key 'model.preset' = 'tinyy': unknown preset \(one of nano, tiny, "),
         (_set("models.tiny", {"preset": "tiny", "num_heads": 3}),
