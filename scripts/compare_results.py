@@ -1,84 +1,75 @@
-"""Compare two default-study results dirs: tables (content), fit JSONs and fit parquets, check tables.
+"""Compare two study results dirs: tables, fit JSONs and parquets, checks.
 
-Fields that measure time or host (wall_s, tokens_per_s, step_time, host, versions, timestamps) are excluded.
-Prints one line per file: identical / differs (with the first differing keys).
+Only fields that measure time are left out (wall_s, wall_time_s, tokens_per_s, step_time): everything else, curves,
+parameters, predictions, check outcomes, must be equal exactly. Usage:
+
+    python scripts/compare_results.py RESULTS_A RESULTS_B     # exit 0 when all files are identical
 """
 
-import json, sys, pathlib
+import json
+import math
+import sys
+from pathlib import Path
+
 import pandas as pd
-import numpy as np
 
-A, B = map(pathlib.Path, sys.argv[1:3])
-VOLATILE = ("wall_s", "wall_time_s", "tokens_per_s", "step_time", "host", "versions", "created")
-
-
-def vol(k):
-    return str(k).lower() in VOLATILE
+TIMING = {"wall_s", "wall_time_s", "tokens_per_s", "step_time"}
+PARTS = ("tables", "fits", "checks")
 
 
-def clean(o):
-    if isinstance(o, dict):
-        return {k: clean(v) for k, v in o.items() if not vol(k)}
-    if isinstance(o, list):
-        return [clean(v) for v in o]
-    return o
+def _clean(obj):
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items() if k not in TIMING}
+    if isinstance(obj, list):
+        return [_clean(v) for v in obj]
+    return obj
 
 
-def diff(a, b, path=""):
-    out = []
+def _diff(a, b, path="") -> list[str]:
     if isinstance(a, dict) and isinstance(b, dict):
-        for k in sorted(set(a) | set(b)):
-            if k not in a or k not in b:
-                out.append(f"{path}/{k} only in {'B' if k not in a else 'A'}")
-            else:
-                out += diff(a[k], b[k], f"{path}/{k}")
-    elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-        for i, (x, y) in enumerate(zip(a, b)):
-            out += diff(x, y, f"{path}[{i}]")
-    elif a != b and not (isinstance(a, float) and isinstance(b, float) and np.isnan(a) and np.isnan(b)):
-        out.append(f"{path}: {str(a)[:60]} != {str(b)[:60]}")
-    return out
+        out = [f"{path}/{k} only in one" for k in sorted(set(a) ^ set(b))]
+        for k in sorted(set(a) & set(b)):
+            out += _diff(a[k], b[k], f"{path}/{k}")
+        return out
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _diff(x, y, f"{path}[{i}]")]
+    both_nan = isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b)
+    return [] if a == b or both_nan else [f"{path}: {str(a)[:60]} != {str(b)[:60]}"]
 
 
-def frame(p):
-    df = pd.read_parquet(p)
-    df = df[[c for c in df.columns if not vol(c)]]
-    return df.sort_values(list(df.columns[: min(4, len(df.columns))])).reset_index(drop=True)
+def _frame(path: Path) -> pd.DataFrame:
+    df = pd.read_parquet(path)
+    return df[[c for c in df.columns if c not in TIMING]]
 
 
-ok = True
-for sub in ["tables", "fits", "checks"]:
-    for pa in sorted((A / sub).glob("*")):
-        pb = B / sub / pa.name
-        if pa.is_dir():
-            continue
-        if not pb.exists():
-            print(f"MISSING in B: {sub}/{pa.name}")
-            ok = False
-            continue
-        if pa.suffix == ".json":
-            d = diff(clean(json.loads(pa.read_text())), clean(json.loads(pb.read_text())))
-        elif pa.suffix == ".parquet":
-            fa, fb = frame(pa), frame(pb)
-            if list(fa.columns) != list(fb.columns):
-                d = [f"columns {sorted(set(fa.columns) ^ set(fb.columns))}"]
-                common = [c for c in fa.columns if c in fb.columns]
-                fa, fb = fa[common], fb[common]
-            else:
-                d = []
-            try:
-                pd.testing.assert_frame_equal(fa, fb, check_exact=True, check_dtype=False)
-            except AssertionError as e:
-                d.append(str(e).replace("\n", " ")[:300])
-        else:
-            d = [] if pa.read_bytes() == pb.read_bytes() else ["bytes differ"]
-        print(
-            ("identical " if not d else "DIFFERS   ")
-            + f"{sub}/{pa.name}"
-            + ("" if not d else ": " + "; ".join(d[:4]) + (f" (+{len(d) - 4})" if len(d) > 4 else ""))
-        )
-        ok &= not d
-    for pb in sorted((B / sub).glob("*")):
-        if not (A / sub / pb.name).exists() and pb.is_file():
-            print(f"only in B: {sub}/{pb.name}")
-print("ALL IDENTICAL" if ok else "SOME DIFFER")
+def compare_file(pa: Path, pb: Path) -> list[str]:
+    if pa.suffix == ".json":
+        return _diff(_clean(json.loads(pa.read_text())), _clean(json.loads(pb.read_text())))
+    if pa.suffix == ".parquet":
+        try:
+            pd.testing.assert_frame_equal(_frame(pa), _frame(pb), check_exact=True, check_dtype=False)
+        except AssertionError as e:
+            return [" ".join(str(e).split())[:300]]
+        return []
+    return [] if pa.read_bytes() == pb.read_bytes() else ["bytes differ"]
+
+
+def compare(a: Path, b: Path) -> bool:
+    same = True
+    for part in PARTS:
+        names = sorted({p.name for p in (a / part).glob("*") if p.is_file()} | {p.name for p in (b / part).glob("*")})
+        for name in names:
+            pa, pb = a / part / name, b / part / name
+            if not (pa.is_file() and pb.is_file()):
+                print(f"only in one: {part}/{name}")
+                same = False
+                continue
+            d = compare_file(pa, pb)
+            print(("identical " if not d else "DIFFERS   ") + f"{part}/{name}" + ("" if not d else ": " + "; ".join(d[:4])))
+            same &= not d
+    print("ALL IDENTICAL" if same else "SOME DIFFER")
+    return same
+
+
+if __name__ == "__main__":
+    sys.exit(0 if compare(Path(sys.argv[1]), Path(sys.argv[2])) else 1)
