@@ -65,7 +65,11 @@ def compare(a: Path, b: Path) -> bool:
                 same = False
                 continue
             d = compare_file(pa, pb)
-            print(("identical " if not d else "DIFFERS   ") + f"{part}/{name}" + ("" if not d else ": " + "; ".join(d[:4])))
+            print(
+                ("identical " if not d else "DIFFERS   ")
+                + f"{part}/{name}"
+                + ("" if not d else ": " + "; ".join(d[:4]))
+            )
             same &= not d
     print("ALL IDENTICAL" if same else "SOME DIFFER")
     return same
