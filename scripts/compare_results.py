@@ -57,7 +57,10 @@ def compare_file(pa: Path, pb: Path) -> list[str]:
 def compare(a: Path, b: Path) -> bool:
     same = True
     for part in PARTS:
-        names = sorted({p.name for p in (a / part).glob("*") if p.is_file()} | {p.name for p in (b / part).glob("*")})
+        names = sorted(
+            {p.name for p in (a / part).glob("*") if p.is_file()}
+            | {p.name for p in (b / part).glob("*") if p.is_file()}
+        )
         for name in names:
             pa, pb = a / part / name, b / part / name
             if not (pa.is_file() and pb.is_file()):
