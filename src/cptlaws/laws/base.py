@@ -33,6 +33,32 @@ class Features:
         return self.cols[key]
 
 
+# Bounds and start ranges (natural units) of the parameters the area laws share: A*S1^-alpha, the annealing
+# terms C*S2, the CPT shift B*(1-(1+E*S1_cpt)^-beta) and Eq. 8's mixing factor (a1, a2).
+SHARED_BOUNDS = {
+    "A": (1e-6, 1e4),
+    "alpha": (1e-4, 5.0),
+    "C1": (1e-8, 1e4),
+    "C2": (1e-8, 1e4),
+    "B": (-20.0, 20.0),
+    "E": (1e-4, 1e7),
+    "beta": (1e-4, 10.0),
+    "a1": (-20.0, 20.0),
+    "a2": (1e-4, 50.0),
+}
+SHARED_STARTS = {
+    "A": (0.05, 5.0),
+    "alpha": (0.05, 1.5),
+    "C1": (0.01, 5.0),
+    "C2": (0.01, 5.0),
+    "B": (-1.5, 1.5),
+    "E": (0.1, 1e4),
+    "beta": (0.02, 2.0),
+    "a1": (-3.0, 3.0),
+    "a2": (0.05, 10.0),
+}
+
+
 class Law:
     name: str = ""
     params: tuple[str, ...] = ()
@@ -43,14 +69,22 @@ class Law:
     # then only the ``keep`` best continue to convergence); None = every start runs to convergence
     refine_screen: tuple[int, int] | None = None
 
+    # a law states only where its parameters differ from SHARED_BOUNDS / SHARED_STARTS
+    own_bounds: dict[str, tuple[float, float]] = {}
+    own_starts: dict[str, tuple[float, float]] = {}
+    l0_start: float = 0.5  # L0 starts in [l0_start * min(y), min(y)]
+
     # ---- parameter space -------------------------------------------------------------------------
     def bounds(self, y: np.ndarray) -> dict[str, tuple[float, float]]:
-        """Hard bounds (natural units) given the observed losses ``y``."""
-        raise NotImplementedError
+        """Hard bounds (natural units) given the observed losses ``y``: L0 in [0, max y]."""
+        table = {**SHARED_BOUNDS, **self.own_bounds, "L0": (0.0, float(np.max(y)))}
+        return {p: table[p] for p in self.params}
 
     def start_box(self, y: np.ndarray) -> dict[str, tuple[float, float]]:
         """Range the start grid is drawn from (natural units; log-uniform for log params)."""
-        return self.bounds(y)
+        lo = float(np.min(y))
+        table = {**SHARED_STARTS, **self.own_starts, "L0": (self.l0_start * lo, lo)}
+        return {p: table[p] for p in self.params}
 
     # ---- features / model --------------------------------------------------------------------------
     def features(self, curves, lam: float, warmup_as_peak: bool = True) -> Features:

@@ -44,31 +44,6 @@ class CPTLaw(Law):
     def check_curves(self, curves):
         require_cpt_run(self.name, curves)
 
-    def bounds(self, y):
-        return {
-            "L0": (0.0, float(np.max(y))),
-            "A": (1e-6, 1e4),
-            "alpha": (1e-4, 5.0),
-            "C1": (1e-8, 1e4),
-            "C2": (1e-8, 1e4),
-            "B": (-20.0, 20.0),
-            "E": (1e-4, 1e7),
-            "beta": (1e-4, 10.0),
-        }
-
-    def start_box(self, y):
-        lo = float(np.min(y))
-        return {
-            "L0": (0.5 * lo, lo),
-            "A": (0.05, 5.0),
-            "alpha": (0.05, 1.5),
-            "C1": (0.01, 5.0),
-            "C2": (0.01, 5.0),
-            "B": (-1.5, 1.5),
-            "E": (0.1, 1e4),
-            "beta": (0.02, 2.0),
-        }
-
     def _base(self, P, F):
         return P["L0"] + P["A"] * safe_pow(F["S1"], -P["alpha"]) - P["C1"] * F["S2_pt"] - P["C2"] * F["S2_cpt"]
 

@@ -13,12 +13,8 @@ class LRALaw(Law):
     log_params = frozenset({"A", "alpha", "C"})
     description = "LR-annealing law L0 + A*S1^-alpha - C*S2 (Tissue et al. 2408.11029)"
 
-    def bounds(self, y):
-        return {"L0": (0.0, float(np.max(y))), "A": (1e-6, 1e4), "alpha": (1e-4, 5.0), "C": (1e-8, 1e4)}
-
-    def start_box(self, y):
-        lo = float(np.min(y))
-        return {"L0": (0.5 * lo, lo), "A": (0.05, 20.0), "alpha": (0.05, 1.5), "C": (0.01, 20.0)}
+    own_bounds = {"C": (1e-8, 1e4)}
+    own_starts = {"A": (0.05, 20.0), "C": (0.01, 20.0)}
 
     def predict(self, P, F: Features):
         return P["L0"] + P["A"] * safe_pow(F["S1"], -P["alpha"]) - P["C"] * F["S2"]

@@ -112,32 +112,15 @@ class LRA2Law(Law):
             return np.round(values * 20) / 20  # log(q) on a 0.05 grid (one S1 per grid value)
         return values
 
-    def bounds(self, y):
-        return {
-            "L0": (0.0, float(np.max(y))),
-            "A": (1e-6, 1e4),
-            "alpha": (1e-4, 5.0),
-            "C1": (1e-8, 1e4),
-            "k1": (1e-5, 0.5),
-            "C2": (1e-8, 1e4),
-            "k2": (1e-5, 0.5),
-            "zeta": (1e-4, 3.0),
-            "q": (0.05, 3.0),
-        }
-
-    def start_box(self, y):
-        lo = float(np.min(y))
-        return {
-            "L0": (0.5 * lo, lo),
-            "A": (0.05, 5.0),
-            "alpha": (0.05, 1.5),
-            "C1": (0.01, 10.0),
-            "k1": (1e-3, 3e-2),
-            "C2": (0.001, 10.0),
-            "k2": (2e-5, 1e-3),
-            "zeta": (0.01, 1.0),
-            "q": (0.4, 1.2),
-        }
+    own_bounds = {"k1": (1e-5, 0.5), "k2": (1e-5, 0.5), "zeta": (1e-4, 3.0), "q": (0.05, 3.0)}
+    own_starts = {
+        "C1": (0.01, 10.0),
+        "k1": (1e-3, 3e-2),
+        "C2": (0.001, 10.0),
+        "k2": (2e-5, 1e-3),
+        "zeta": (0.01, 1.0),
+        "q": (0.4, 1.2),
+    }
 
     def features(self, curves, lam, warmup_as_peak=True):
         segs, S1, lnr = [], [], []

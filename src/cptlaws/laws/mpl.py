@@ -72,28 +72,8 @@ class MPLLaw(Law):
             out.update(warmup_ld=True, warmup_block=self.warmup_block)
         return out
 
-    def bounds(self, y):
-        return {
-            "L0": (0.0, float(np.max(y))),
-            "A": (1e-6, 1e4),
-            "alpha": (1e-4, 5.0),
-            "B": (1e-4, 1e6),
-            "C": (1e-6, 1e4),
-            "beta": (1e-4, 10.0),
-            "gamma": (1e-4, 3.0),
-        }
-
-    def start_box(self, y):
-        lo = float(np.min(y))
-        return {
-            "L0": (0.5 * lo, lo),
-            "A": (0.05, 5.0),
-            "alpha": (0.05, 1.5),
-            "B": (10.0, 5000.0),
-            "C": (0.05, 20.0),
-            "beta": (0.05, 2.0),
-            "gamma": (0.05, 1.2),
-        }
+    own_bounds = {"B": (1e-4, 1e6), "C": (1e-6, 1e4), "gamma": (1e-4, 3.0)}
+    own_starts = {"B": (10.0, 5000.0), "C": (0.05, 20.0), "beta": (0.05, 2.0), "gamma": (0.05, 1.2)}
 
     def features(self, curves, lam, warmup_as_peak=True):
         S1s, rows, D, lneta, Sk = [], [], [], [], []

@@ -143,30 +143,8 @@ class CPTOpenLaw(Law):
     def features(self, curves, lam, warmup_as_peak=True):
         return open_features(curves, lam)  # CPT warm-up counted at its real LR (module doc)
 
-    def bounds(self, y):
-        return {
-            "L0": (0.0, float(np.max(y))),
-            "A": (1e-6, 1e4),
-            "alpha": (1e-4, 10.0),
-            "S1_pt": (1e-6, 1e6),
-            "C2": (1e-8, 1e4),
-            "B": (-20.0, 20.0),
-            "E": (1e-4, 1e7),
-            "beta": (1e-4, 20.0),
-        }
-
-    def start_box(self, y):
-        lo = float(np.min(y))
-        return {
-            "L0": (0.5 * lo, lo),
-            "A": (0.05, 5.0),
-            "alpha": (0.05, 1.5),
-            "S1_pt": (1e-3, 1e2),
-            "C2": (0.01, 5.0),
-            "B": (-1.5, 1.5),
-            "E": (0.1, 1e4),
-            "beta": (0.02, 2.0),
-        }
+    own_bounds = {"alpha": (1e-4, 10.0), "S1_pt": (1e-6, 1e6), "beta": (1e-4, 20.0)}
+    own_starts = {"S1_pt": (1e-3, 1e2)}
 
     def predict(self, P, F: Features):
         x = F["S1_cpt"]
@@ -202,6 +180,9 @@ class ReplayOpenLaw(ReplayLaw):
     params = ("L0", "A", "alpha", "S1_pt", "C2", "B", "E", "beta", "a1", "a2")
     log_params = frozenset({"A", "alpha", "S1_pt", "C2", "E", "beta", "a2"})
     description = "open-model CPT law with replay ratio (Eq. 8 as written): S1_pt fitted, no C1*S2_pt term"
+    warm_law = "cpt_open"
+    own_bounds = CPTOpenLaw.own_bounds
+    own_starts = CPTOpenLaw.own_starts
 
     def check_curves(self, curves):
         for c in curves:
@@ -214,40 +195,11 @@ class ReplayOpenLaw(ReplayLaw):
     def features(self, curves, lam, warmup_as_peak=True):
         return open_features(curves, lam)
 
-    def bounds(self, y):
-        b = super().bounds(y)
-        b.pop("C1")
-        return {**b, "alpha": (1e-4, 10.0), "beta": (1e-4, 20.0), "S1_pt": (1e-6, 1e6)}
-
-    def start_box(self, y):
-        b = super().start_box(y)
-        b.pop("C1")
-        return {**b, "S1_pt": (1e-3, 1e2)}
-
-    def warm_starts(self, curves, fit):
-        """Starts from ``cpt_open`` fitted to the runs at the largest ratio (as ``replay`` does from ``cpt``)."""
+    def _warm_subset(self, curves):
+        """(largest ratio, the runs at it): ``cpt_open`` fitted there warm-starts this law (as ``replay``)."""
         top = max(float(c.ratio) for c in curves)
         sub = [c for c in curves if np.isclose(float(c.ratio), top)]
-        if len(sub) == len(curves) or top <= 0.0:
-            return []
-        try:
-            base = fit("cpt_open", sub).params
-        except ValueError:  # that ratio alone cannot identify cpt_open: the random starts alone
-            return []
-        out = []
-        for a2 in self.warm_a2:
-            mix = float(self._mix(a2, top)[0])
-            for a1 in (-1.0, 0.0, 1.0):
-                out.append(
-                    {
-                        **base,
-                        "B": float(np.clip(base["B"] / mix, -20.0, 20.0)),
-                        "a1": a1,
-                        "a2": a2,
-                        "C2": base["C2"] * float(np.exp(-a1 * self._factors(top))),
-                    }
-                )
-        return out
+        return None if len(sub) == len(curves) or top <= 0.0 else (top, sub)
 
     def predict(self, P, F: Features):
         r, x = F["ratio"], F["S1_cpt"]

@@ -25,6 +25,7 @@ ROLES = ("general", "domain")
 class ReplayLaw(Law):
     name = "replay"
     params = ("L0", "A", "alpha", "C1", "C2", "B", "E", "beta", "a1", "a2")
+    warm_law = "cpt"  # the law at one ratio that warm-starts this one
     log_params = frozenset({"A", "alpha", "C1", "C2", "E", "beta", "a2"})
     description = "CPT law with replay ratio, Eq. 8 as written (domain annealing factor uses r_cpt)"
     domain_factor = "r_cpt"
@@ -45,35 +46,6 @@ class ReplayLaw(Law):
                 )
         require_cpt_run(self.name, curves)
 
-    def bounds(self, y):
-        return {
-            "L0": (0.0, float(np.max(y))),
-            "A": (1e-6, 1e4),
-            "alpha": (1e-4, 5.0),
-            "C1": (1e-8, 1e4),
-            "C2": (1e-8, 1e4),
-            "B": (-20.0, 20.0),
-            "E": (1e-4, 1e7),
-            "beta": (1e-4, 10.0),
-            "a1": (-20.0, 20.0),
-            "a2": (1e-4, 50.0),
-        }
-
-    def start_box(self, y):
-        lo = float(np.min(y))
-        return {
-            "L0": (0.5 * lo, lo),
-            "A": (0.05, 5.0),
-            "alpha": (0.05, 1.5),
-            "C1": (0.01, 5.0),
-            "C2": (0.01, 5.0),
-            "B": (-1.5, 1.5),
-            "E": (0.1, 1e4),
-            "beta": (0.02, 2.0),
-            "a1": (-3.0, 3.0),
-            "a2": (0.05, 10.0),
-        }
-
     def warm_starts(self, curves, fit):
         """Starts from the CPT law (Eq. 4) fitted to the PT runs and the runs at the largest ratio.
 
@@ -81,16 +53,13 @@ class ReplayLaw(Law):
         (seen on real curves: a hidden PT curve that misses every PT point). Each start keeps the CPT fit's
         curve at that ratio exactly, for a few (a1, a2), so the search begins from a fit at least that good.
         """
-        cpt = [c for c in curves if c.transfer is not None]
-        if not cpt:
+        picked = self._warm_subset(curves)
+        if picked is None:
             return []
-        top = max(float(c.ratio) for c in cpt)
-        sub = [c for c in curves if c.transfer is None or math.isclose(float(c.ratio), top)]
-        if len(sub) == len(curves) or top <= 0.0:
-            return []
+        top, sub = picked
         try:
-            base = fit("cpt", sub).params
-        except ValueError:  # too few points at that ratio: the random starts alone
+            base = fit(self.warm_law, sub).params
+        except ValueError:  # too few points at that ratio (or not identified): the random starts alone
             return []
         out = []
         for a2 in self.warm_a2:
@@ -106,6 +75,15 @@ class ReplayLaw(Law):
                     }
                 )
         return out
+
+    def _warm_subset(self, curves):
+        """(largest CPT ratio, the PT runs + the runs at it), or None when that is all the runs."""
+        cpt = [c for c in curves if c.transfer is not None]
+        if not cpt:
+            return None
+        top = max(float(c.ratio) for c in cpt)
+        sub = [c for c in curves if c.transfer is None or math.isclose(float(c.ratio), top)]
+        return None if len(sub) == len(curves) or top <= 0.0 else (top, sub)
 
     def _factors(self, r):
         """(annealing exponent input, shift factor function) for this role."""
@@ -179,12 +157,8 @@ class ReplayFlexLaw(ReplayLaw):
     description = "CPT law with replay ratio, signed normalised mixing factor (e^(a2 r) - 1)/(e^a2 - 1) for both sets"
     log_params = frozenset({"A", "alpha", "C1", "C2", "E", "beta"})
     warm_a2 = (-6.0, -2.0, 0.5, 2.0, 6.0)
-
-    def bounds(self, y):
-        return {**super().bounds(y), "a2": (-30.0, 30.0)}
-
-    def start_box(self, y):
-        return {**super().start_box(y), "a2": (-10.0, 10.0)}
+    own_bounds = {"a2": (-30.0, 30.0)}
+    own_starts = {"a2": (-10.0, 10.0)}
 
     def _mix(self, a2, r):
         a2 = np.asarray(a2, dtype=float)

@@ -24,38 +24,9 @@ class SizeLaw(Law):
                 raise InputError(f"law 'size': run '{c.run_id}' needs n_params (N in millions) > 0, got {c.n_params!r}")
         require_cpt_run(self.name, curves)
 
-    def bounds(self, y):
-        return {
-            "L0": (0.0, float(np.max(y))),
-            "A": (1e-6, 1e4),
-            "alpha": (1e-4, 5.0),
-            "C1": (1e-8, 1e4),
-            "C2": (1e-8, 1e4),
-            "g1": (-3.0, 3.0),
-            "g2": (-3.0, 3.0),
-            "B": (-20.0, 20.0),
-            "E": (1e-4, 1e7),
-            "beta": (1e-4, 10.0),
-            "F": (1e-6, 1e4),
-            "g3": (1e-4, 3.0),
-        }
-
-    def start_box(self, y):
-        lo = float(np.min(y))
-        return {
-            "L0": (0.3 * lo, lo),
-            "A": (0.05, 5.0),
-            "alpha": (0.05, 1.5),
-            "C1": (0.01, 5.0),
-            "C2": (0.01, 5.0),
-            "g1": (-0.5, 0.5),
-            "g2": (-0.5, 0.5),
-            "B": (-1.5, 1.5),
-            "E": (0.1, 1e4),
-            "beta": (0.02, 2.0),
-            "F": (0.1, 20.0),
-            "g3": (0.05, 1.0),
-        }
+    own_bounds = {"g1": (-3.0, 3.0), "g2": (-3.0, 3.0), "F": (1e-6, 1e4), "g3": (1e-4, 3.0)}
+    own_starts = {"g1": (-0.5, 0.5), "g2": (-0.5, 0.5), "F": (0.1, 20.0), "g3": (0.05, 1.0)}
+    l0_start = 0.3
 
     def predict(self, P, F: Features):
         N = F["N"]
