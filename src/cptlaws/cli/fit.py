@@ -37,41 +37,10 @@ def _law_options(pairs) -> dict:
 
 def cmd_fit(args) -> int:
     from cptlaws.fitting import fit_law
-    from cptlaws.fitting.curves import load_curves
     from cptlaws.fitting.metrics import evaluate
     from cptlaws.io import write_json, write_table
 
-    if args.lr and args.schedules:
-        raise UsageError("give at most one of --lr and --schedules")
-    check_out(args.out)
-    check_out(args.predictions, "--predictions")
-    fit_runs, pred_runs = _runs(args.fit_runs), _runs(args.predict_runs)
-    both = sorted(set(fit_runs) & set(pred_runs))
-    if both:
-        raise UsageError(f"run(s) {both} are in both --fit-runs and --predict-runs")
-    if args.predictions and Path(args.predictions).suffix.lower() not in (".csv", ".parquet", ".pq"):
-        raise UsageError(f"{args.predictions}: --predictions must end in .parquet or .csv")  # before any output
-    # only the named runs need an LR history, when runs are named
-    wanted = sorted(set(fit_runs) | set(pred_runs)) if fit_runs else None
-    curves = load_curves(
-        args.curves,
-        lr_path=args.lr,
-        schedules_yaml=args.schedules,
-        split=args.split,
-        runs=wanted,
-        warmup_steps=args.warmup_steps,
-    )
-    names = {c.run_id for c in curves}
-    missing = sorted((set(fit_runs) | set(pred_runs)) - names)
-    if missing:
-        raise UsageError(f"{args.curves}: run(s) {missing} not found (runs: {sorted(names)})")
-    splits = sorted({c.split for c in curves})
-    if len(splits) > 1:
-        raise UsageError(f"{args.curves}: several validation sets {splits}: choose one with --split")
-    if not fit_runs:
-        fit_runs = sorted(names - set(pred_runs))
-    fit_c = [c for c in curves if c.run_id in fit_runs]
-    pred_c = [c for c in curves if c.run_id in pred_runs]
+    fit_c, pred_c, pred_runs = _fit_inputs(args)
     opts = _law_options(args.law_option)
     if args.split_role:
         opts["split_role"] = args.split_role
@@ -105,6 +74,49 @@ def cmd_fit(args) -> int:
         df = fit.predict(fit_c + pred_c, band=True)
         df["heldout"] = df["run_id"].isin(pred_runs)
         write_table(args.predictions, df)
+    _print_fit(fit)
+    return 0
+
+
+def _fit_inputs(args):
+    """Checked options and the curves: (fit curves, held-out curves, held-out run names)."""
+    from cptlaws.fitting.curves import load_curves
+
+    if args.lr and args.schedules:
+        raise UsageError("give at most one of --lr and --schedules")
+    check_out(args.out)
+    check_out(args.predictions, "--predictions")
+    fit_runs, pred_runs = _runs(args.fit_runs), _runs(args.predict_runs)
+    both = sorted(set(fit_runs) & set(pred_runs))
+    if both:
+        raise UsageError(f"run(s) {both} are in both --fit-runs and --predict-runs")
+    if args.predictions and Path(args.predictions).suffix.lower() not in (".csv", ".parquet", ".pq"):
+        raise UsageError(f"{args.predictions}: --predictions must end in .parquet or .csv")  # before any output
+    # only the named runs need an LR history, when runs are named
+    wanted = sorted(set(fit_runs) | set(pred_runs)) if fit_runs else None
+    curves = load_curves(
+        args.curves,
+        lr_path=args.lr,
+        schedules_yaml=args.schedules,
+        split=args.split,
+        runs=wanted,
+        warmup_steps=args.warmup_steps,
+    )
+    names = {c.run_id for c in curves}
+    missing = sorted((set(fit_runs) | set(pred_runs)) - names)
+    if missing:
+        raise UsageError(f"{args.curves}: run(s) {missing} not found (runs: {sorted(names)})")
+    splits = sorted({c.split for c in curves})
+    if len(splits) > 1:
+        raise UsageError(f"{args.curves}: several validation sets {splits}: choose one with --split")
+    if not fit_runs:
+        fit_runs = sorted(names - set(pred_runs))
+    fit_c = [c for c in curves if c.run_id in fit_runs]
+    pred_c = [c for c in curves if c.run_id in pred_runs]
+    return fit_c, pred_c, pred_runs
+
+
+def _print_fit(fit) -> None:
     d = fit.diagnostics
     print(
         f"{fit.law}: objective {d['objective']:.4g}, {d['n_points']} points, lambda {fit.lam:.5f}, "
@@ -119,7 +131,6 @@ def cmd_fit(args) -> int:
             f"  held-out ({len(fit.heldout['per_run'])} runs): MAE {m['mae']:.5f}  RMSE {m['rmse']:.5f}  "
             f"R2 {m['r2']:.4f}  worst rel {100 * m['worst_rel']:.3f}%"
         )
-    return 0
 
 
 def cmd_predict(args) -> int:
